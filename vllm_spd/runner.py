@@ -1,0 +1,462 @@
+"""Staged execution inside vLLM's V1 model runner (GPU and CPU variants).
+
+One engine step (``execute_model``) does, for the scheduled requests:
+
+- *prefill* chunks of requests without a pipeline: every target layer over the
+  chunk, anchors captured at every position, the draft module's cache filled with
+  those positions at full depth; when the prompt is done the first token is sampled
+  from the target and becomes the request's first in-flight token;
+- up to ``cycles_per_step`` SPD *cycles* for requests with a pipeline: drafts from
+  the drafter, every stage advancing the token at its depth (its own attention
+  metadata over the paged KV cache), completions verified, tokens committed.
+
+Committed tokens go back through vLLM's spec-decode accounting (the scheduler
+schedules ``1 + (C-1)`` placeholder tokens and rolls back the unused ones), so the
+scheduler's ``num_computed_tokens`` stays the committed frontier. In-flight tokens
+past it live only here; their KV slots are rewritten before anything reads them.
+This module runs every stage in one worker, stage after stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vllm_spd import layout as layout_mod
+from vllm_spd import verify
+from vllm_spd.ngram import propose_ngram
+from vllm_spd.pipeline import RequestPipeline
+from vllm_spd.staged import Chunk, SliceRunner
+
+logger = logging.getLogger("vllm_spd")
+
+
+@dataclass
+class RequestSampling:
+    """What verification and stopping need from a request's SamplingParams."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    generator: torch.Generator | None
+    stop_ids: frozenset[int]
+    min_tokens: int
+    max_tokens: int
+
+    @classmethod
+    def from_params(cls, sp, generator) -> "RequestSampling":
+        # all_stop_token_ids holds EOS unless ignore_eos, plus stop_token_ids.
+        stop = frozenset(sp.all_stop_token_ids)
+        return cls(float(sp.temperature), int(sp.top_k or 0), float(sp.top_p), float(sp.min_p),
+                   generator, stop, int(sp.min_tokens or 0), int(sp.max_tokens or 1 << 62))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < verify.SAMPLING_EPS
+
+
+def _row_params(samplings: list[RequestSampling], device) -> dict:
+    """Per-row sampling settings as ``verify`` takes them (None = off for every row)."""
+    def col(name, off):
+        values = [getattr(s, name) for s in samplings]
+        return None if all(v == off for v in values) else torch.tensor(values, device=device)
+
+    gens = {i: s.generator for i, s in enumerate(samplings) if s.generator is not None}
+    return dict(temperature=torch.tensor([s.temperature for s in samplings], device=device),
+                top_k=col("top_k", 0), top_p=col("top_p", 1.0), min_p=col("min_p", 0.0),
+                generators=gens or None)
+
+
+def sample_target(logits: torch.Tensor, samplings: list[RequestSampling]) -> torch.Tensor:
+    """A token per row from the target distribution (argmax for greedy rows)."""
+    if all(s.greedy for s in samplings):
+        return logits.argmax(dim=-1)
+    kw = _row_params(samplings, logits.device)
+    gens = kw.pop("generators")
+    return verify.sample_from_probs(verify.target_probs(logits, **kw), gens)
+
+
+def verify_drafts(logits, drafts: list[int], qs: list, samplings: list[RequestSampling],
+                  draft_vocab: torch.Tensor | None):
+    """Verify one draft per row; ``qs[r]`` is the sampled draft's q (None: deterministic
+    proposal, i.e. q is one-hot at the draft). Draft -1 means nothing to verify."""
+    device = logits.device
+    draft_ids = torch.tensor(drafts, device=device)
+    if all(s.greedy for s in samplings):
+        accepted, token = verify.verify_greedy(logits, draft_ids)
+        return accepted & (draft_ids >= 0), token
+    if draft_vocab is None:
+        draft_vocab = torch.arange(logits.shape[-1], device=device)
+    q = torch.zeros(len(drafts), draft_vocab.numel(), device=device)
+    for r, (d, qr) in enumerate(zip(drafts, qs)):
+        if qr is not None:
+            q[r] = qr
+        elif d >= 0:
+            hit = torch.searchsorted(draft_vocab, torch.tensor([d], device=device))
+            if hit < draft_vocab.numel() and draft_vocab[hit] == d:
+                q[r, hit] = 1.0
+    return verify.verify(logits, draft_ids, q, draft_vocab, **_row_params(samplings, device))
+
+
+@dataclass
+class SPDRequest:
+    req_id: str
+    pipe: RequestPipeline
+    sampling: RequestSampling
+    #: pos -> (hidden, residual) of an in-flight token after the stages it completed
+    carry: dict = field(default_factory=dict)
+    #: pos -> {anchor id: [H]} of in-flight tokens and the pending finished token
+    anchors: dict = field(default_factory=dict)
+    #: finished token whose full-depth row the draft module writes next cycle
+    pending: int | None = None
+    #: pos -> draft proposal q over the draft vocabulary (sampled drafts only)
+    draft_q: dict = field(default_factory=dict)
+    num_output: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class StepStats:
+    cycles: int = 0
+    verified: int = 0
+    accepted: int = 0
+    committed: int = 0
+
+
+class SPDRunnerMixin:
+    """Mixed into vLLM's (GPU or CPU) V1 model runner; see module docstring."""
+
+    def _spd_setup(self, spd_cfg) -> None:
+        self.spd_cfg = spd_cfg
+        self.spd_requests: dict[str, SPDRequest] = {}
+        self.spd_pdm = None
+
+    # -- model loading -----------------------------------------------------------
+    def load_model(self, *args, **kwargs) -> None:
+        super().load_model(*args, **kwargs)
+        from vllm.config import set_current_vllm_config
+
+        model = self.get_model()
+        tm = model.model
+        hf = self.model_config.hf_text_config
+        head_cfg = None
+        if self.spd_cfg.drafter == "head":
+            from vllm_spd import checkpoint
+
+            head_cfg = checkpoint.read_config(self.spd_cfg.model)
+        anchors = head_cfg.anchors if head_cfg else None
+        self.spd_layout = layout_mod.StageLayout.build(
+            hf.num_hidden_layers, self.spd_cfg.num_stages, anchors, self.spd_cfg.stage_layers)
+        layer_names = {i: tm.layers[i].self_attn.attn.layer_name for i in range(tm.start_layer, tm.end_layer)}
+        extra = []
+        if head_cfg is not None:
+            from vllm_spd.pdm import PipelineDraftModule
+
+            with set_current_vllm_config(self.vllm_config):
+                pdm = PipelineDraftModule(self.vllm_config, head_cfg, model).to(self.device)
+            pdm.load_head(self.spd_cfg.model)
+            pdm.eval()
+            self.spd_pdm = pdm
+            extra = pdm.attention_layer_names
+            logger.info("spd: loaded draft head %s (%d draft layers, %d draft tokens, anchors %s)",
+                        self.spd_cfg.model, head_cfg.num_draft_layers, head_cfg.draft_vocab_size, head_cfg.anchors)
+        self.spd_slices = SliceRunner(self, layer_names, extra)
+        logger.info("spd: %d stages over layers %s", self.spd_layout.num_stages, list(self.spd_layout.ranges))
+
+    def take_draft_token_ids(self):
+        return None
+
+    # -- one engine step -----------------------------------------------------------
+    @torch.inference_mode()
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
+
+        self._update_states(scheduler_output)
+        for req_id in (*scheduler_output.finished_req_ids, *(scheduler_output.preempted_req_ids or ())):
+            self.spd_requests.pop(req_id, None)
+        for req_id in list(self.spd_requests):
+            if req_id not in self.requests:
+                del self.spd_requests[req_id]
+        if not scheduler_output.total_num_scheduled_tokens:
+            return EMPTY_MODEL_RUNNER_OUTPUT
+
+        batch = self.input_batch
+        committed: dict[str, list[int]] = {}
+        prefill, decode = [], []
+        for idx, req_id in enumerate(batch.req_ids):
+            num_sched = scheduler_output.num_scheduled_tokens.get(req_id, 0)
+            if not num_sched:
+                continue
+            if req_id in scheduler_output.scheduled_cached_reqs.resumed_req_ids:
+                self.spd_requests.pop(req_id, None)
+            if req_id in self.spd_requests:
+                decode.append((idx, req_id, num_sched))
+            else:
+                prefill.append((idx, req_id, num_sched))
+        stats: dict[str, StepStats] = {}
+        if prefill:
+            committed.update(self._spd_prefill(prefill))
+        if decode:
+            committed.update(self._spd_decode(decode, stats))
+
+        req_ids = list(batch.req_ids)
+        out = ModelRunnerOutput(
+            req_ids=req_ids,
+            req_id_to_index={r: i for i, r in enumerate(req_ids)},
+            sampled_token_ids=[committed.get(r, []) for r in req_ids],
+        )
+        out.spd_stats = {r: (s.cycles, s.verified, s.accepted, s.committed) for r, s in stats.items()}
+        return out
+
+    # -- prefill ---------------------------------------------------------------------
+    def _spd_prefill(self, work) -> dict[str, list[int]]:
+        batch = self.input_batch
+        model = self.get_model()
+        tm = model.model
+        chunks, finishing = [], []
+        for idx, req_id, num_sched in work:
+            start = int(batch.num_computed_tokens_cpu[idx])
+            total = int(batch.num_tokens_no_spec[idx])
+            end = min(start + num_sched, total)
+            chunks.append(Chunk(idx, start, end - start))
+            finishing.append(end >= total)
+        ids = torch.from_numpy(np.concatenate(
+            [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
+        lay = self.spd_layout
+        hidden = tm.embed_input_ids(ids)
+        anchors = {0: hidden} if 0 in lay.anchors else {}
+        hidden, residual, caught = self.spd_slices.run_layers(
+            tm.layers, 0, lay.num_layers, chunks, hidden, None, capture=set(lay.anchors))
+        anchors.update(caught)
+        if self.spd_pdm is not None:
+            stack = torch.stack([anchors[k] for k in lay.anchors])
+            types = torch.full((stack.shape[1],), lay.depth_to_type[-1], device=self.device)
+            self._pdm_forward(chunks, stack, types)
+        ends = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
+        last = [int(ends[i]) for i, f in enumerate(finishing) if f]
+        committed = {}
+        if last:
+            normed, _ = tm.norm(hidden[last], residual[last])
+            logits = model.compute_logits(normed).float()
+            todo = [(w, c) for (w, c, f) in zip(work, chunks, finishing) if f]
+            reqs = []
+            for (idx, req_id, _), chunk in todo:
+                pos = chunk.start + chunk.num_tokens
+                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
+                                 self._spd_sampling(req_id))
+                req.num_output = len(self.requests[req_id].output_token_ids)
+                reqs.append(req)
+            self._spd_apply_min_tokens(logits, reqs)
+            tokens = sample_target(logits, [r.sampling for r in reqs])
+            for ((idx, req_id, _), _), req, token in zip(todo, reqs, tokens.tolist()):
+                req.pipe.newest.token = token
+                self.spd_requests[req_id] = req
+                committed[req_id] = self._spd_commit(idx, req, [token])
+        return committed
+
+    def _spd_sampling(self, req_id: str) -> RequestSampling:
+        state = self.requests[req_id]
+        return RequestSampling.from_params(state.sampling_params, state.generator)
+
+    # -- decode cycles -----------------------------------------------------------------
+    def _spd_decode(self, work, stats) -> dict[str, list[int]]:
+        batch = self.input_batch
+        committed = {req_id: [] for _, req_id, _ in work}
+        budget = {}
+        limit = {}
+        for idx, req_id, num_sched in work:
+            req = self.spd_requests[req_id]
+            budget[req_id] = min(num_sched, req.sampling.max_tokens - req.num_output)
+            blocks = len(self.requests[req_id].block_ids[0])
+            limit[req_id] = min(self.max_model_len, blocks * self.cache_config.block_size)
+            stats[req_id] = StepStats()
+        index = {req_id: idx for idx, req_id, _ in work}
+        for _ in range(self.spd_cfg.cycles_per_step):
+            active = [self.spd_requests[r] for r in committed
+                      if not self.spd_requests[r].stopped and len(committed[r]) < budget[r]]
+            if not active:
+                break
+            drafts = self._spd_draft(active, index, limit)
+            self._spd_run_stages(active, index, limit)
+            for req, draft in zip(active, drafts):
+                req.pipe.advance(draft)
+                stats[req.req_id].cycles += 1
+            self._spd_verify(active, index, committed, stats)
+        return committed
+
+    def _spd_run_stages(self, active: list[SPDRequest], index, limit) -> None:
+        lay = self.spd_layout
+        tm = self.get_model().model
+        for stage, (first, last) in enumerate(lay.ranges):
+            work = [(req, e) for req in active for s, e in req.pipe.stage_work(limit[req.req_id]) if s == stage]
+            if not work:
+                continue
+            chunks = [Chunk(index[req.req_id], e.pos, 1) for req, e in work]
+            if stage == 0:
+                ids = torch.tensor([e.token for _, e in work], device=self.device)
+                hidden, residual = tm.embed_input_ids(ids), None
+            else:
+                hidden = torch.stack([req.carry[e.pos][0] for req, e in work])
+                residual = torch.stack([req.carry[e.pos][1] for req, e in work])
+            capture = set(lay.anchors_of_stage(stage))
+            hidden, residual, caught = self.spd_slices.run_layers(
+                tm.layers, first, last, chunks, hidden, residual, capture)
+            if stage == 0 and 0 in capture:
+                caught[0] = tm.embed_input_ids(torch.tensor([e.token for _, e in work], device=self.device))
+            for row, (req, e) in enumerate(work):
+                req.carry[e.pos] = (hidden[row], residual[row])
+                if self.spd_pdm is not None:
+                    req.anchors.setdefault(e.pos, {}).update({k: v[row] for k, v in caught.items()})
+
+    def _spd_verify(self, active, index, committed, stats) -> None:
+        done = [(req, req.pipe.completing()) for req in active]
+        done = [(req, e) for req, e in done if e is not None]
+        if not done:
+            return
+        model = self.get_model()
+        hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
+        residual = torch.stack([req.carry[e.pos][1] for req, e in done])
+        normed, _ = model.model.norm(hidden, residual)
+        logits = model.compute_logits(normed).float()
+        samplings = [req.sampling for req, _ in done]
+        self._spd_apply_min_tokens(logits, [req for req, _ in done])
+        cands = [req.pipe.candidate() for req, _ in done]
+        drafts = [c.token if c is not None else -1 for c in cands]
+        qs = [req.draft_q.get(c.pos) if c is not None else None for (req, _), c in zip(done, cands)]
+        accepted, tokens = verify_drafts(logits, drafts, qs, samplings, self._spd_draft_vocab())
+        for (req, e), ok, token in zip(done, accepted.tolist(), tokens.tolist()):
+            st = stats[req.req_id]
+            outcome = req.pipe.resolve(bool(ok), int(token))
+            st.verified += int(outcome.verified)
+            st.accepted += int(outcome.accepted)
+            # The finished token's full-depth row goes to the draft module next cycle.
+            req.carry.pop(e.pos, None)
+            req.pending = e.pos
+            live = {x.pos for x in req.pipe.window} | {e.pos}
+            for d in (req.carry, req.anchors, req.draft_q):
+                for pos in [p for p in d if p not in live]:
+                    del d[pos]
+            committed[req.req_id] += self._spd_commit(index[req.req_id], req, outcome.committed)
+            st.committed += len(outcome.committed)
+
+    @staticmethod
+    def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
+        """vLLM masks stop tokens until min_tokens outputs exist; so does the target here."""
+        for row, req in enumerate(reqs):
+            s = req.sampling
+            if req.num_output < s.min_tokens and s.stop_ids:
+                logits[row, list(s.stop_ids)] = float("-inf")
+
+    def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
+        """Record committed tokens in vLLM's persistent batch; stop at a stop token."""
+        batch = self.input_batch
+        kept = []
+        for token in tokens:
+            if req.stopped:
+                break
+            kept.append(token)
+            req.num_output += 1
+            if (token in req.sampling.stop_ids and req.num_output >= req.sampling.min_tokens) or \
+                    req.num_output >= req.sampling.max_tokens:
+                req.stopped = True
+        if kept:
+            start = int(batch.num_tokens_no_spec[idx])
+            end = min(start + len(kept), self.max_model_len)
+            kept = kept[: end - start]
+            batch.token_ids_cpu[idx, start:end] = kept
+            batch.is_token_ids[idx, start:end] = True
+            batch.num_tokens_no_spec[idx] = end
+            self.requests[req.req_id].output_token_ids.extend(kept)
+        return kept
+
+    # -- drafting ------------------------------------------------------------------------
+    def _spd_draft_vocab(self):
+        return self.spd_pdm.draft_token_ids if self.spd_pdm is not None else None
+
+    def _spd_draft(self, active: list[SPDRequest], index, limit) -> list[int | None]:
+        wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
+        if self.spd_pdm is None:
+            return [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
+        return self._spd_pdm_draft(active, index, wants)
+
+    def _spd_ngram(self, req: SPDRequest, idx: int) -> int:
+        batch = self.input_batch
+        tokens = batch.token_ids_cpu[idx, : int(batch.num_tokens_no_spec[idx])].tolist()
+        tokens += [e.token for e in reversed(req.pipe.unverified())]
+        return propose_ngram(tokens, self.spd_cfg.ngram_max, self.spd_cfg.ngram_min)
+
+    def _spd_pdm_draft(self, active, index, wants) -> list[int | None]:
+        lay = self.spd_layout
+        # A token that has not entered stage 0 yet has no anchor 0 (its embedding).
+        fresh = [(req, e) for req in active for e in req.pipe.window if 0 not in req.anchors.get(e.pos, {})]
+        if fresh:
+            emb = self.get_model().model.embed_input_ids(
+                torch.tensor([e.token for _, e in fresh], device=self.device))
+            for row, (req, e) in enumerate(fresh):
+                req.anchors.setdefault(e.pos, {})[0] = emb[row]
+        chunks, rows_anchor, rows_type, owners = [], [], [], []
+        for req, want in zip(active, wants):
+            rows = []
+            if req.pending is not None:
+                rows.append((req.pending, lay.num_stages))
+            rows += [(e.pos, e.depth) for e in reversed(req.pipe.window) if e.pos != req.pending]
+            chunks.append(Chunk(index[req.req_id], rows[0][0], len(rows)))
+            for pos, depth in rows:
+                t = lay.depth_to_type[min(depth, lay.num_stages)]
+                anchors = req.anchors[pos]
+                rows_anchor.append([anchors.get(k) for k in lay.anchors[: t + 1]])
+                rows_type.append(t)
+            owners.append(req)
+        H = self.model_config.hf_text_config.hidden_size
+        dtype = self.spd_pdm.lm_head.dtype
+        stack = torch.zeros(lay.num_types, len(rows_type), H, dtype=dtype, device=self.device)
+        for r, anchors in enumerate(rows_anchor):
+            for a, v in enumerate(anchors):
+                stack[a, r] = v
+        types = torch.tensor(rows_type, device=self.device)
+        hidden, residual = self._pdm_forward(chunks, stack, types)
+        last = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
+        logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
+        kw = _row_params([req.sampling for req in owners], self.device)
+        tokens, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
+        drafts = []
+        for row, (req, want) in enumerate(zip(owners, wants)):
+            # The pending row is in the draft module's cache now; its anchors can go.
+            if req.pending is not None:
+                req.anchors.pop(req.pending, None)
+                req.pending = None
+            if not want:
+                drafts.append(None)
+                continue
+            if q is not None and not req.sampling.greedy:
+                req.draft_q[req.pipe.draft_pos] = q[row]
+            drafts.append(int(tokens[row]))
+        return drafts
+
+    def _pdm_forward(self, chunks: list[Chunk], stack: torch.Tensor, types: torch.Tensor):
+        pdm = self.spd_pdm
+        rows = pdm.aggregate(stack, types)
+        return self.spd_slices.run_module(lambda pos: pdm(pos, rows), chunks, pdm.attention_layer_names)
+
+
+def build_runner_class(base):
+    """An SPD runner class on top of vLLM's ``base`` runner class."""
+
+    class SPDModelRunner(SPDRunnerMixin, base):
+        def __init__(self, vllm_config, device):
+            spec = vllm_config.speculative_config
+            # The base runner must not see the spd config: it would try to build one of
+            # vLLM's own drafters and reserve 1+k-token decode shapes.
+            vllm_config.speculative_config = None
+            try:
+                super().__init__(vllm_config, device)
+            finally:
+                vllm_config.speculative_config = spec
+            self._spd_setup(spec)
+
+    SPDModelRunner.__name__ = SPDModelRunner.__qualname__ = f"SPD{base.__name__}"
+    return SPDModelRunner

@@ -1,0 +1,111 @@
+"""Run slices of decoder layers over vLLM's paged KV cache, with per-slice metadata.
+
+Every SPD stage works on a different token of a request each cycle, so each slice of
+layers needs attention metadata of its own (the token's position, sequence length and
+KV slot). :class:`SliceRunner` builds that metadata from the runner's block tables and
+runs layers under vLLM's forward context. A slice is described by :class:`Chunk`s:
+``num_tokens`` consecutive positions of one request starting at ``start`` (1 for a
+stage token, several for a prefill chunk or the draft module's rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Chunk:
+    req_index: int    # row in the runner's input batch (block table row)
+    start: int        # first position
+    num_tokens: int
+
+
+class SliceRunner:
+    """Builds attention metadata and runs layer slices for one model runner."""
+
+    def __init__(self, runner, layer_names: dict[int, str], extra_layer_names: list[str] = ()):
+        self.runner = runner
+        self.device = runner.device
+        self.block_size = runner.cache_config.block_size
+        #: decoder layer index -> attention layer name, e.g. 3 -> "model.layers.3.self_attn.attn"
+        self.layer_names = layer_names
+        self.extra_layer_names = list(extra_layer_names)
+
+    # -- metadata ---------------------------------------------------------------
+    def _common_metadata(self, chunks: list[Chunk]):
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        counts = np.array([c.num_tokens for c in chunks], dtype=np.int32)
+        starts = np.array([c.start for c in chunks], dtype=np.int64)
+        qsl = np.zeros(len(chunks) + 1, dtype=np.int32)
+        np.cumsum(counts, out=qsl[1:])
+        positions = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, counts)])
+        seq_lens = (starts + counts).astype(np.int32)
+        rows = [c.req_index for c in chunks]
+        table = self.runner.input_batch.block_table[0].get_cpu_tensor()[rows]
+        req_of_token = np.repeat(np.arange(len(chunks)), counts)
+        block_ids = table.numpy()[req_of_token, positions // self.block_size]
+        slots = block_ids.astype(np.int64) * self.block_size + positions % self.block_size
+        dev = self.device
+        qsl_cpu = torch.from_numpy(qsl)
+        cm = CommonAttentionMetadata(
+            query_start_loc=qsl_cpu.to(dev, non_blocking=True),
+            query_start_loc_cpu=qsl_cpu,
+            seq_lens=torch.from_numpy(seq_lens).to(dev, non_blocking=True),
+            num_reqs=len(chunks),
+            num_actual_tokens=int(counts.sum()),
+            max_query_len=int(counts.max()),
+            max_seq_len=int(seq_lens.max()),
+            block_table_tensor=table.to(dev, non_blocking=True),
+            slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True),
+            causal=True,
+        )
+        return cm, torch.from_numpy(positions).to(dev, non_blocking=True)
+
+    def metadata_for(self, chunks: list[Chunk], layer_names: list[str]):
+        """Per-layer attention metadata and slot mappings for ``chunks``."""
+        cm, positions = self._common_metadata(chunks)
+        wanted = set(layer_names)
+        attn, slots = {}, {}
+        for group in self.runner.attn_groups:
+            for attn_group in group:
+                names = [n for n in attn_group.layer_names if n in wanted]
+                if not names:
+                    continue
+                meta = attn_group.build_metadata(cm)
+                for n in names:
+                    attn[n] = meta
+                    slots[n] = cm.slot_mapping
+        return attn, slots, positions
+
+    # -- execution ----------------------------------------------------------------
+    def run_layers(self, layers, first: int, last: int, chunks: list[Chunk], hidden, residual,
+                   capture: set[int] = frozenset()):
+        """Run decoder layers ``first..last-1`` on the tokens of ``chunks``.
+
+        ``capture`` lists anchor ids to keep: anchor k is ``hidden + residual`` after
+        layer k-1. Returns ``(hidden, residual, {anchor: tensor})``.
+        """
+        from vllm.forward_context import set_forward_context
+
+        names = [self.layer_names[i] for i in range(first, last)]
+        attn, slots, positions = self.metadata_for(chunks, names)
+        anchors = {}
+        num_tokens = positions.shape[0]
+        with set_forward_context(attn, self.runner.vllm_config, num_tokens=num_tokens, slot_mapping=slots):
+            for i in range(first, last):
+                hidden, residual = layers[i](positions, hidden, residual)
+                if i + 1 in capture:
+                    anchors[i + 1] = hidden + residual
+        return hidden, residual, anchors
+
+    def run_module(self, fn, chunks: list[Chunk], layer_names: list[str]):
+        """Run ``fn(positions)`` with metadata for ``layer_names`` over ``chunks``."""
+        from vllm.forward_context import set_forward_context
+
+        attn, slots, positions = self.metadata_for(chunks, layer_names)
+        with set_forward_context(attn, self.runner.vllm_config, num_tokens=positions.shape[0], slot_mapping=slots):
+            return fn(positions)
