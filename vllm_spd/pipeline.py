@@ -17,7 +17,8 @@ Worked example, n=2, first token t5 from prefill at position 5::
     cycle 1: window [5:t5 d0]          -> stage0(5); draft 6         -> [6:d6 d0, 5 d1]
     cycle 2: stage0(6), stage1(5): 5 completes, verifies d6: accept  -> commit d6
              draft 7 -> window [7:d7 d0, 6:d6 d1]
-    cycle 3: stage1(6) completes, verifies d7: reject -> commit y7, window [7:y7 d0]
+    cycle 3: stage0(7), stage1(6): 6 completes, verifies d7: reject -> commit y7,
+             window [7:y7 d0]
 """
 
 from __future__ import annotations
@@ -121,3 +122,39 @@ class RequestPipeline:
     def max_written_pos(self) -> int:
         """Highest position whose KV some stage has written (or is about to)."""
         return max(e.pos for e in self.window)
+
+
+class CommitGate:
+    """Stops a request's commits at a stop token or ``max_tokens``.
+
+    Tokens are committed one verification at a time, but the window may hold
+    accepted-looking drafts past an EOS; nothing past a stop is ever emitted.
+    A stop token counts only once ``min_tokens`` outputs exist (vLLM's rule).
+
+    >>> g = CommitGate(stop_ids={2}, min_tokens=0, max_tokens=10)
+    >>> g.admit([5, 2, 7]), g.stopped
+    ([5, 2], True)
+    """
+
+    def __init__(self, stop_ids, min_tokens: int, max_tokens: int, num_output: int = 0):
+        self.stop_ids = frozenset(stop_ids)
+        self.min_tokens = min_tokens
+        self.max_tokens = max_tokens
+        self.num_output = num_output
+        self.stopped = num_output >= max_tokens
+
+    def admit(self, tokens: list[int]) -> list[int]:
+        kept = []
+        for token in tokens:
+            if self.stopped:
+                break
+            kept.append(token)
+            self.num_output += 1
+            if (token in self.stop_ids and self.num_output >= self.min_tokens) or self.num_output >= self.max_tokens:
+                self.stopped = True
+        return kept
+
+    @property
+    def masks_stop_tokens(self) -> bool:
+        """vLLM masks stop tokens in the target until min_tokens outputs exist."""
+        return self.num_output < self.min_tokens and bool(self.stop_ids)

@@ -28,7 +28,7 @@ import torch
 from vllm_spd import layout as layout_mod
 from vllm_spd import verify
 from vllm_spd.ngram import propose_ngram
-from vllm_spd.pipeline import RequestPipeline
+from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.staged import Chunk, SliceRunner
 
 logger = logging.getLogger("vllm_spd")
@@ -115,8 +115,7 @@ class SPDRequest:
     pending: int | None = None
     #: pos -> draft proposal q over the draft vocabulary (sampled drafts only)
     draft_q: dict = field(default_factory=dict)
-    num_output: int = 0
-    stopped: bool = False
+    gate: CommitGate | None = None
 
 
 @dataclass
@@ -159,6 +158,9 @@ class SPDRunnerMixin:
             with set_current_vllm_config(self.vllm_config):
                 pdm = PipelineDraftModule(self.vllm_config, head_cfg, model).to(self.device)
             pdm.load_head(self.spd_cfg.model)
+            from vllm.model_executor.model_loader.utils import process_weights_after_loading
+
+            process_weights_after_loading(pdm, self.model_config, self.device)
             pdm.eval()
             self.spd_pdm = pdm
             extra = pdm.attention_layer_names
@@ -246,9 +248,10 @@ class SPDRunnerMixin:
             reqs = []
             for (idx, req_id, _), chunk in todo:
                 pos = chunk.start + chunk.num_tokens
-                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
-                                 self._spd_sampling(req_id))
-                req.num_output = len(self.requests[req_id].output_token_ids)
+                s = self._spd_sampling(req_id)
+                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos), s)
+                req.gate = CommitGate(s.stop_ids, s.min_tokens, s.max_tokens,
+                                      len(self.requests[req_id].output_token_ids))
                 reqs.append(req)
             self._spd_apply_min_tokens(logits, reqs)
             tokens = sample_target(logits, [r.sampling for r in reqs])
@@ -270,14 +273,14 @@ class SPDRunnerMixin:
         limit = {}
         for idx, req_id, num_sched in work:
             req = self.spd_requests[req_id]
-            budget[req_id] = min(num_sched, req.sampling.max_tokens - req.num_output)
+            budget[req_id] = num_sched
             blocks = len(self.requests[req_id].block_ids[0])
             limit[req_id] = min(self.max_model_len, blocks * self.cache_config.block_size)
             stats[req_id] = StepStats()
         index = {req_id: idx for idx, req_id, _ in work}
         for _ in range(self.spd_cfg.cycles_per_step):
             active = [self.spd_requests[r] for r in committed
-                      if not self.spd_requests[r].stopped and len(committed[r]) < budget[r]]
+                      if not self.spd_requests[r].gate.stopped and len(committed[r]) < budget[r]]
             if not active:
                 break
             drafts = self._spd_draft(active, index, limit)
@@ -347,22 +350,13 @@ class SPDRunnerMixin:
     def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
         """vLLM masks stop tokens until min_tokens outputs exist; so does the target here."""
         for row, req in enumerate(reqs):
-            s = req.sampling
-            if req.num_output < s.min_tokens and s.stop_ids:
-                logits[row, list(s.stop_ids)] = float("-inf")
+            if req.gate.masks_stop_tokens:
+                logits[row, list(req.gate.stop_ids)] = float("-inf")
 
     def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
         """Record committed tokens in vLLM's persistent batch; stop at a stop token."""
         batch = self.input_batch
-        kept = []
-        for token in tokens:
-            if req.stopped:
-                break
-            kept.append(token)
-            req.num_output += 1
-            if (token in req.sampling.stop_ids and req.num_output >= req.sampling.min_tokens) or \
-                    req.num_output >= req.sampling.max_tokens:
-                req.stopped = True
+        kept = req.gate.admit(tokens)
         if kept:
             start = int(batch.num_tokens_no_spec[idx])
             end = min(start + len(kept), self.max_model_len)
