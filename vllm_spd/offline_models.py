@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Callable
 
 MARKER = ".vllm_spd_build"
-TINY_QWEN3_VERSION = "tiny-qwen3/2"
-QWEN3_REAL_VOCAB_VERSION = "qwen3-real-vocab/2"
-SMOLLM2_VERSION = "smollm2/2"
+TINY_QWEN3_VERSION = "tiny-qwen3/1"
+QWEN3_REAL_VOCAB_VERSION = "qwen3-real-vocab/1"
+SMOLLM2_VERSION = "smollm2/1"
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 

@@ -53,6 +53,9 @@ def register() -> None:
 
     _wrap(EngineArgs, "create_engine_config", _create_engine_config)
     _wrap(EngineArgs, "create_speculative_config", _create_speculative_config)
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    _wrap(InputProcessor, "_validate_params", _validate_params)
     _registered = True
     logger.debug("vllm_spd registered")
 
@@ -93,6 +96,7 @@ def _create_engine_config(original, self, *args, **kwargs):
     placement = spec.get("stage_placement", "auto")
     gpus = _visible_gpus()
     pp = spd_config.decide_pipeline_size(num_stages, placement, self.pipeline_parallel_size, gpus)
+    spd_config.check_parallel(num_stages, pp, self.tensor_parallel_size)
     if pp > 1 and not MULTI_RANK_STAGES_READY:
         if placement == "auto" and self.pipeline_parallel_size == 1:
             pp = 1
@@ -101,7 +105,6 @@ def _create_engine_config(original, self, *args, **kwargs):
                 f"spd: one stage per pipeline rank (pipeline_parallel_size={pp}) is not "
                 "implemented yet in this vllm_spd; use stage_placement='single_worker'"
             )
-    spd_config.check_parallel(num_stages, pp, self.tensor_parallel_size)
     self.pipeline_parallel_size = pp
     if pp == 1:
         logger.warning(
@@ -140,3 +143,14 @@ def _create_speculative_config(original, self, target_model_config, target_paral
         return original(self, target_model_config, target_parallel_config)
     spd_config.check_keys(spec)
     return spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)
+
+
+def _validate_params(original, self, params, *args, **kwargs):
+    from vllm.sampling_params import SamplingParams
+
+    from vllm_spd.config import is_spd
+    from vllm_spd.requests import check_sampling_params
+
+    if isinstance(params, SamplingParams) and is_spd(self.vllm_config.speculative_config):
+        check_sampling_params(params)
+    return original(self, params, *args, **kwargs)

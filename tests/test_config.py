@@ -1,0 +1,171 @@
+"""Config acceptance and every clear error, against real vLLM (no engine started:
+``EngineArgs.create_engine_config`` is where vLLM validates a speculative config)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vllm_spd import plugin
+from vllm_spd.head import init_head
+
+
+def engine_config(model, spec, **kw):
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = dict(model=model, dtype="float32", max_model_len=256, skip_tokenizer_init=True,
+                enforce_eager=True, speculative_config=spec)
+    args.update(kw)
+    return EngineArgs(**args).create_engine_config()
+
+
+@pytest.fixture(scope="module")
+def head2(tiny_qwen3, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("head") / "h2")
+    init_head(tiny_qwen3, 2, out)
+    return out
+
+
+def test_spd_config_accepted(tiny_qwen3):
+    cfg = engine_config(tiny_qwen3, {"method": "spd", "num_stages": 3, "cycles_per_step": 5})
+    spec = cfg.speculative_config
+    assert type(spec).__name__ == "SPDSpeculativeConfig"
+    assert (spec.method, spec.num_stages, spec.cycles_per_step, spec.num_speculative_tokens) == ("spd", 3, 5, 4)
+    assert spec.drafter == "ngram"            # no head anywhere: weightless drafter
+    assert cfg.parallel_config.worker_cls == "vllm_spd.worker.SPDCPUWorker"
+    assert cfg.scheduler_config.scheduler_cls == "vllm_spd.scheduler.SPDScheduler"
+    assert cfg.parallel_config.pipeline_parallel_size == 1   # CPU: all stages in one worker
+    assert not cfg.cache_config.enable_prefix_caching
+
+
+def test_defaults_and_head(tiny_qwen3, head2):
+    spec = engine_config(tiny_qwen3, {"method": "spd", "model": head2}).speculative_config
+    assert (spec.num_stages, spec.cycles_per_step, spec.drafter, spec.model) == (2, 4, "head", head2)
+    assert spec.stage_layers == [4, 4]
+
+
+def test_default_head_location_is_found(tiny_qwen3, head2, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("VLLM_SPD_CACHE", str(tmp_path))
+    name = tiny_qwen3.rstrip("/").replace("/", "--")
+    shutil.copytree(head2, tmp_path / "heads" / name / "s2")
+    spec = engine_config(tiny_qwen3, {"method": "spd", "num_stages": 2}).speculative_config
+    assert spec.drafter == "head" and spec.model == str(tmp_path / "heads" / name / "s2")
+
+
+def test_non_spd_configs_untouched(tiny_qwen3):
+    spec = engine_config(tiny_qwen3, {"method": "ngram", "num_speculative_tokens": 2,
+                                      "prompt_lookup_max": 3}).speculative_config
+    assert type(spec).__name__ == "SpeculativeConfig" and spec.method == "ngram"
+
+
+@pytest.mark.parametrize("spec, kw, message", [
+    ({"num_stages": 0}, {}, r"num_stages=0 must be between 1 and the target's 8 decoder layers"),
+    ({"num_stages": 9}, {}, r"num_stages=9 must be between 1 and the target's 8 decoder layers"),
+    ({"num_stages": 2}, {"pipeline_parallel_size": 3}, r"pipeline_parallel_size=3 must be 1 .* or num_stages=2"),
+    ({"num_stages": 2, "stages": 4}, {}, r"unknown key\(s\) \['stages'\]"),
+    ({"num_stages": 2, "cycles_per_step": 1}, {}, r"cycles_per_step=1 must be >= num_stages=2"),
+    ({"num_stages": 2, "stage_layers": [5, 5]}, {}, r"stage_layers=\[5, 5\] must have 2 positive entries"),
+    ({"num_stages": 2, "drafter": "head"}, {}, r"drafter='head' but no head given and none found"),
+    ({"num_stages": 2, "num_speculative_tokens": 7}, {}, r"num_speculative_tokens=7 is derived from cycles_per_step"),
+])
+def test_config_errors(tiny_qwen3, spec, kw, message):
+    with pytest.raises(ValueError, match=message):
+        engine_config(tiny_qwen3, {"method": "spd", **spec}, **kw)
+
+
+def test_head_missing(tiny_qwen3, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path / "nope")})
+
+
+def test_head_unreadable(tiny_qwen3, tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path)})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    with pytest.raises(ValueError, match="no 'spd' block"):
+        engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path)})
+
+
+def test_head_for_other_target(tiny_qwen3, qwen3_real_vocab, tmp_path):
+    init_head(qwen3_real_vocab, 2, str(tmp_path / "h"))
+    with pytest.raises(ValueError, match=r"vocab_size: head 151936, target 4096.*num_hidden_layers: head 4, target 8"):
+        engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path / "h")})
+
+
+def test_head_for_other_num_stages(tiny_qwen3, head2):
+    with pytest.raises(ValueError, match="num_stages: head trained for 2, config asks 4"):
+        engine_config(tiny_qwen3, {"method": "spd", "num_stages": 4, "model": head2})
+
+
+def test_head_weights_corrupt(tiny_qwen3, head2, tmp_path):
+    import shutil
+
+    bad = tmp_path / "h"
+    shutil.copytree(head2, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable"):
+        from vllm_spd import checkpoint
+
+        checkpoint.load_tensors(str(bad))
+
+
+def _save_config(path, cfg):
+    cfg.save_pretrained(path)
+    return str(path)
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import GPT2Config
+
+    model = _save_config(tmp_path, GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128,
+                                              architectures=["GPT2LMHeadModel"]))
+    with pytest.raises(ValueError, match=r"target architecture \['GPT2LMHeadModel'\] is not supported"):
+        engine_config(model, {"method": "spd", "num_stages": 2})
+
+
+def test_hybrid_linear_attention_refused():
+    from types import SimpleNamespace
+
+    from vllm_spd.config import check_target
+
+    qwen35 = SimpleNamespace(architectures=["Qwen3_5ForCausalLM"], model_type="qwen3_5_text",
+                             layer_types=["linear_attention", "full_attention"], num_hidden_layers=2)
+    with pytest.raises(ValueError, match="hybrid linear-attention model"):
+        check_target(qwen35)
+
+
+def test_version_gate(monkeypatch):
+    monkeypatch.delenv("VLLM_SPD_SKIP_VERSION_CHECK", raising=False)
+    with pytest.raises(RuntimeError, match=r"found vLLM 0\.33\.0.*VLLM_SPD_SKIP_VERSION_CHECK=1"):
+        plugin.check_vllm_version("0.33.0")
+    plugin.check_vllm_version("0.32.0+cpu")
+    monkeypatch.setenv("VLLM_SPD_SKIP_VERSION_CHECK", "1")
+    plugin.check_vllm_version("0.33.0")
+
+
+def test_register_is_idempotent():
+    from vllm.engine.arg_utils import EngineArgs
+
+    plugin.register()
+    before = EngineArgs.create_engine_config
+    plugin._registered = False
+    plugin.register()
+    assert EngineArgs.create_engine_config is before
+    assert not getattr(before.__wrapped__, "_spd_wrapped", False)
+
+
+def test_plugin_excluded_by_vllm_plugins(tiny_qwen3):
+    code = (
+        "from vllm.engine.arg_utils import EngineArgs\n"
+        f"EngineArgs(model={tiny_qwen3!r}, skip_tokenizer_init=True,"
+        " speculative_config={'method': 'spd', 'num_stages': 2}).create_engine_config()\n")
+    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "needs the vllm_spd plugin, which vLLM did not load" in proc.stderr
+    assert "VLLM_PLUGINS" in proc.stderr
