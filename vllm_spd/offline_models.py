@@ -250,8 +250,9 @@ def _build_smollm2(out: Path) -> None:
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
         cfg.pop(key, None)
     cfg["dtype"] = "bfloat16"
-    model = LlamaForCausalLM._from_config(LlamaConfig(**cfg), dtype=torch.bfloat16)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
     model.load_state_dict(loaded.state_dict())
+    model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=cfg["bos_token_id"], eos_token_id=cfg["eos_token_id"],
         pad_token_id=cfg["pad_token_id"])

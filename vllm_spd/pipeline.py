@@ -125,19 +125,23 @@ class RequestPipeline:
 
 
 class CommitGate:
-    """Stops a request's commits at a stop token or ``max_tokens``.
+    """Stops a request's commits exactly where vLLM's scheduler will stop it.
 
-    Tokens are committed one verification at a time, but the window may hold
-    accepted-looking drafts past an EOS; nothing past a stop is ever emitted.
-    A stop token counts only once ``min_tokens`` outputs exist (vLLM's rule).
+    The window may hold accepted-looking drafts past an EOS; nothing past a stop is
+    emitted. The rule mirrors vLLM 0.32's ``check_stop``: a stop token (EOS unless
+    ignore_eos, or a stop_token_id) or ``max_tokens`` ends the request. ``min_tokens``
+    works the way vLLM's sampler does it: ``mask_ids`` (every EOS-like id) are masked
+    out of the target distribution until ``min_tokens`` outputs exist, so a stop token
+    cannot be committed before then.
 
-    >>> g = CommitGate(stop_ids={2}, min_tokens=0, max_tokens=10)
+    >>> g = CommitGate(stop_ids={2}, mask_ids={2}, min_tokens=0, max_tokens=10)
     >>> g.admit([5, 2, 7]), g.stopped
     ([5, 2], True)
     """
 
-    def __init__(self, stop_ids, min_tokens: int, max_tokens: int, num_output: int = 0):
+    def __init__(self, stop_ids, mask_ids, min_tokens: int, max_tokens: int, num_output: int = 0):
         self.stop_ids = frozenset(stop_ids)
+        self.mask_ids = frozenset(mask_ids)
         self.min_tokens = min_tokens
         self.max_tokens = max_tokens
         self.num_output = num_output
@@ -150,11 +154,10 @@ class CommitGate:
                 break
             kept.append(token)
             self.num_output += 1
-            if (token in self.stop_ids and self.num_output >= self.min_tokens) or self.num_output >= self.max_tokens:
+            if token in self.stop_ids or self.num_output >= self.max_tokens:
                 self.stopped = True
         return kept
 
     @property
     def masks_stop_tokens(self) -> bool:
-        """vLLM masks stop tokens in the target until min_tokens outputs exist."""
-        return self.num_output < self.min_tokens and bool(self.stop_ids)
+        return self.num_output < self.min_tokens and bool(self.mask_ids)

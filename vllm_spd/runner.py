@@ -43,16 +43,10 @@ class RequestSampling:
     top_p: float
     min_p: float
     generator: torch.Generator | None
-    stop_ids: frozenset[int]
-    min_tokens: int
-    max_tokens: int
 
     @classmethod
     def from_params(cls, sp, generator) -> "RequestSampling":
-        # all_stop_token_ids holds EOS unless ignore_eos, plus stop_token_ids.
-        stop = frozenset(sp.all_stop_token_ids)
-        return cls(float(sp.temperature), int(sp.top_k or 0), float(sp.top_p), float(sp.min_p),
-                   generator, stop, int(sp.min_tokens or 0), int(sp.max_tokens or 1 << 62))
+        return cls(float(sp.temperature), int(sp.top_k or 0), float(sp.top_p), float(sp.min_p), generator)
 
     @property
     def greedy(self) -> bool:
@@ -248,10 +242,13 @@ class SPDRunnerMixin:
             reqs = []
             for (idx, req_id, _), chunk in todo:
                 pos = chunk.start + chunk.num_tokens
-                s = self._spd_sampling(req_id)
-                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos), s)
-                req.gate = CommitGate(s.stop_ids, s.min_tokens, s.max_tokens,
-                                      len(self.requests[req_id].output_token_ids))
+                state = self.requests[req_id]
+                sp = state.sampling_params
+                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
+                                 RequestSampling.from_params(sp, state.generator))
+                stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
+                req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
+                                      int(sp.max_tokens or 1 << 62), len(state.output_token_ids))
                 reqs.append(req)
             self._spd_apply_min_tokens(logits, reqs)
             tokens = sample_target(logits, [r.sampling for r in reqs])
@@ -260,10 +257,6 @@ class SPDRunnerMixin:
                 self.spd_requests[req_id] = req
                 committed[req_id] = self._spd_commit(idx, req, [token])
         return committed
-
-    def _spd_sampling(self, req_id: str) -> RequestSampling:
-        state = self.requests[req_id]
-        return RequestSampling.from_params(state.sampling_params, state.generator)
 
     # -- decode cycles -----------------------------------------------------------------
     def _spd_decode(self, work, stats) -> dict[str, list[int]]:
@@ -339,9 +332,12 @@ class SPDRunnerMixin:
             # The finished token's full-depth row goes to the draft module next cycle.
             req.carry.pop(e.pos, None)
             req.pending = e.pos
-            live = {x.pos for x in req.pipe.window} | {e.pos}
+            # After a flush the token at e.pos+1 is a new one: nothing of the dropped
+            # tokens (hidden states, anchors, draft q) may survive, position-keyed or not.
+            keep = (lambda p: p == e.pos) if not outcome.accepted else \
+                (lambda p: p == e.pos or any(x.pos == p for x in req.pipe.window))
             for d in (req.carry, req.anchors, req.draft_q):
-                for pos in [p for p in d if p not in live]:
+                for pos in [p for p in d if not keep(p)]:
                     del d[pos]
             committed[req.req_id] += self._spd_commit(index[req.req_id], req, outcome.committed)
             st.committed += len(outcome.committed)
@@ -351,7 +347,7 @@ class SPDRunnerMixin:
         """vLLM masks stop tokens until min_tokens outputs exist; so does the target here."""
         for row, req in enumerate(reqs):
             if req.gate.masks_stop_tokens:
-                logits[row, list(req.gate.stop_ids)] = float("-inf")
+                logits[row, list(req.gate.mask_ids)] = float("-inf")
 
     def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
         """Record committed tokens in vLLM's persistent batch; stop at a stop token."""

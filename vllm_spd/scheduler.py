@@ -44,7 +44,14 @@ class SPDScheduler(Scheduler):
             for i, v in enumerate((cycles, verified, accepted, committed)):
                 self._spd_totals[i] += v
         self._spd_maybe_log()
-        return super().update_from_output(scheduler_output, model_runner_output)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        for request in self.running:
+            # A decoding request that committed nothing this step (the worker never
+            # does that for one it was asked to advance, but a stale output could)
+            # must not keep its optimistic frontier, or it would never be scheduled again.
+            if request.num_output_tokens > 0 and request.num_computed_tokens > request.num_tokens - 1:
+                request.num_computed_tokens = request.num_tokens - 1
+        return outputs
 
     def make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
                                  num_invalid_spec_tokens, request_id):

@@ -1,0 +1,79 @@
+"""Greedy SPD inside vLLM is token-identical to plain vLLM greedy decoding.
+
+20 prompts x 64 new tokens, all in flight together, float32 on CPU, for
+num_stages 1..4, with a random head (drafts nearly always wrong: a flush per token),
+a head whose drafts are mostly right, and the weightless ngram drafter.
+"""
+
+import gc
+
+import pytest
+
+from spd_models import mirror_head, predictable_target
+from vllm_spd.head import init_head
+
+PROMPTS = [
+    "def fibonacci(n):", "The capital of France is", "import numpy as np\n", "class Stack:",
+    "Once upon a time", "for i in range(10):", "SELECT * FROM users WHERE", "Dear hiring manager,",
+    "The quick brown fox", "# Sort a list of numbers", "while True:", "Q: What is 2+2?\nA:",
+    "Translate to German: good morning", "return x if", "The three laws of motion are",
+    "try:\n    open(", "Water boils at", "In 1969, the first", "lambda x:", "List of prime numbers: 2, 3, 5,",
+]
+MAX_TOKENS = 64
+
+
+def generate(model, spec=None, max_tokens=MAX_TOKENS, prompts=PROMPTS):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec, disable_log_stats=False)
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    outs = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, sp, use_tqdm=False)]
+    counters = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return outs, counters
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny_qwen3):
+    return generate(tiny_qwen3)[0]
+
+
+@pytest.fixture(scope="module")
+def predictable(tiny_qwen3, tmp_path_factory):
+    target = predictable_target(tiny_qwen3, str(tmp_path_factory.mktemp("pt") / "target"))
+    return target, generate(target)[0]
+
+
+def assert_identical(ref, out):
+    for i, (r, o) in enumerate(zip(ref, out)):
+        assert o == r, f"prompt {i}: first difference at token {next(j for j, (a, b) in enumerate(zip(r, o)) if a != b)}"
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_random_head_matches_plain(tiny_qwen3, tiny_reference, num_stages, tmp_path):
+    head = str(tmp_path / "head")
+    init_head(tiny_qwen3, num_stages, head, num_draft_layers=2)
+    out, counters = generate(tiny_qwen3, {"method": "spd", "num_stages": num_stages, "model": head})
+    assert_identical(tiny_reference, out)
+    # One draft verified per committed token after the first, per request.
+    assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_mostly_right_head_matches_plain(predictable, num_stages, tmp_path):
+    target, reference = predictable
+    head = mirror_head(target, num_stages, str(tmp_path / "head"))
+    out, counters = generate(target, {"method": "spd", "num_stages": num_stages, "model": head,
+                                      "cycles_per_step": 3 * num_stages})
+    assert_identical(reference, out)
+    alpha = counters["vllm:spec_decode_num_accepted_tokens"] / counters["vllm:spec_decode_num_draft_tokens"]
+    assert alpha > 0.6, f"the mirror head should draft mostly right, alpha={alpha:.2f}"
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_ngram_drafter_matches_plain(tiny_qwen3, tiny_reference, num_stages):
+    out, _ = generate(tiny_qwen3, {"method": "spd", "num_stages": num_stages, "drafter": "ngram"})
+    assert_identical(tiny_reference, out)

@@ -1,0 +1,120 @@
+"""`vllm serve` with an spd config: OpenAI endpoints, streaming, aborts, /metrics."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from vllm_spd.head import init_head
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen3, tmp_path_factory):
+    head = str(tmp_path_factory.mktemp("serve") / "head")
+    init_head(tiny_qwen3, 2, head)
+    port = free_port()
+    spec = json.dumps({"method": "spd", "num_stages": 2, "model": head})
+    log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", tiny_qwen3, "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
+         "--served-model-name", "tiny", "--speculative-config", spec],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail("vllm serve exited:\n" + log.read()[-5000:])
+        try:
+            if requests.get(base + "/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("vllm serve did not become healthy")
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def complete(base, prompt, **kw):
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 24, "temperature": 0, **kw}
+    return requests.post(base + "/v1/completions", json=body, timeout=120)
+
+
+def test_models(server):
+    data = requests.get(server + "/v1/models", timeout=10).json()
+    assert [m["id"] for m in data["data"]] == ["tiny"]
+
+
+def test_completions_stream_and_not(server):
+    full = complete(server, "def add(a, b):").json()["choices"][0]["text"]
+    assert full
+    with requests.post(server + "/v1/completions", stream=True, timeout=120, json={
+            "model": "tiny", "prompt": "def add(a, b):", "max_tokens": 24, "temperature": 0, "stream": True}) as r:
+        pieces = []
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                pieces.append(json.loads(line[6:])["choices"][0]["text"])
+    assert "".join(pieces) == full
+
+
+def test_chat_completions_stream_and_not(server):
+    messages = [{"role": "user", "content": "Say something."}]
+    body = {"model": "tiny", "messages": messages, "max_tokens": 16, "temperature": 0}
+    text = requests.post(server + "/v1/chat/completions", json=body, timeout=120).json()["choices"][0]["message"]["content"]
+    with requests.post(server + "/v1/chat/completions", json={**body, "stream": True}, stream=True, timeout=120) as r:
+        pieces = []
+        for line in r.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces.append(delta.get("content") or "")
+    assert "".join(pieces) == text
+
+
+def test_abort_stream_leaves_server_healthy(server):
+    before = complete(server, "class Stack:").json()["choices"][0]["text"]
+    r = requests.post(server + "/v1/completions", stream=True, timeout=120, json={
+        "model": "tiny", "prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": True})
+    for i, _ in enumerate(r.iter_lines()):
+        if i > 3:
+            break
+    r.close()   # client goes away mid-stream: the server aborts the request
+    time.sleep(1)
+    assert requests.get(server + "/health", timeout=10).status_code == 200
+    assert complete(server, "class Stack:").json()["choices"][0]["text"] == before
+
+
+def test_unsupported_sampling_is_a_clear_400(server):
+    r = complete(server, "hello", presence_penalty=0.5)
+    assert r.status_code == 400
+    assert "spd" in r.text and "presence_penalty" in r.text
+    assert complete(server, "hello").status_code == 200
+
+
+def test_metrics_count_drafts(server):
+    complete(server, "for i in range(10):")
+    text = requests.get(server + "/metrics", timeout=10).text
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("vllm:spec_decode_num_") and "{" in line and "per_pos" not in line}
+    assert values["vllm:spec_decode_num_drafts_total"] > 0
+    assert values["vllm:spec_decode_num_draft_tokens_total"] == values["vllm:spec_decode_num_drafts_total"]
+    assert 0 <= values["vllm:spec_decode_num_accepted_tokens_total"] <= values["vllm:spec_decode_num_drafts_total"]

@@ -1,0 +1,441 @@
+"""Train a draft head by distillation from the frozen target.
+
+Per micro-batch: one no-grad forward of the target gives the teacher logits and the
+hidden states at every anchor (anchor k < L: ``hidden_states[k]``; anchor L: the input
+of the final norm, because HF's ``hidden_states[-1]`` is already normed). A pipeline
+fill is drawn (probability ``--full-fill-prob`` of a full window, else uniform in
+[1, n-1]), the draft module runs over the block layout with the matching structural
+mask, and the KL on the draft vocabulary is minimised (AdamW, linear warmup + linear
+decay, gradient clipping).
+
+The output directory is a head directory the plugin loads (``config.json`` +
+``model.safetensors``), rewritten at every checkpoint; ``trainer_state.pt`` beside it
+holds what ``--resume`` needs (fp32 weights, optimizer, scheduler, step), and
+``train_log.jsonl`` the loss/accuracy history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+
+import torch
+
+from vllm_spd import checkpoint, layout as layout_mod
+from vllm_spd.train import data as data_mod
+from vllm_spd.train import mask as mask_mod
+from vllm_spd.train import vocab as vocab_mod
+from vllm_spd.train.loss import distill_loss
+from vllm_spd.train.model import DraftModule
+
+logger = logging.getLogger("vllm_spd.train")
+
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "train_log.jsonl"
+GENERATED_FILE = "generated.jsonl"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vllm_spd.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("head")
+    g.add_argument("--target", required=True, help="target model directory (HF format)")
+    g.add_argument("--num-stages", type=int, required=True)
+    g.add_argument("--draft-layers", type=int, default=1, help="decoder layers of the draft tower (Ls)")
+    g.add_argument("--anchors", type=_int_list, default=None,
+                   help="comma-separated anchors starting with 0 (default: layout.default_anchors)")
+    g.add_argument("--stage-layers", type=_int_list, default=None, help="layers per stage (default: vLLM's split)")
+    g.add_argument("--draft-vocab-size", type=int, default=32000, help="K; 0 or >= vocab = full vocabulary")
+    g.add_argument("--vocab-count", choices=["assistant", "all"], default="assistant",
+                   help="tokens counted for the draft vocabulary")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", action="extend", default=[], help="JSONL/parquet conversation files")
+    g.add_argument("--generate-from", default=None, help="prompts file answered by the target (vLLM) first")
+    g.add_argument("--num-generate", type=int, default=None, help="answer only the first N prompts")
+    g.add_argument("--gen-temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--gen-top-p", type=float, default=1.0)
+    g.add_argument("--gen-max-tokens", type=int, default=1024)
+    g.add_argument("--chat-template-kwargs", type=json.loads, default={},
+                   help='JSON passed to the chat template, e.g. \'{"enable_thinking": false}\'')
+    g.add_argument("--max-length", type=int, default=2048, help="tokens per conversation (longer are cut)")
+    g.add_argument("--eval-fraction", type=float, default=0.02)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--out", required=True, help="output head directory")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--epochs", type=float, default=1.0)
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="leave after this step (the schedule still spans --steps); resume later")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps, at most 100")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    g.add_argument("--full-fill-prob", type=float, default=0.5,
+                   help="probability of a full pipeline window per micro-batch (else fill ~ U[1, n-1])")
+    g.add_argument("--sample-type-depths", action="store_true",
+                   help="when several depths share a type, draw the depth its rows stand for per step")
+    g.add_argument("--eval-every", type=int, default=500)
+    g.add_argument("--save-every", type=int, default=None, help="default: --eval-every")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE}")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    g.add_argument("--dtype", choices=["auto", *_DTYPES], default="auto",
+                   help="target/compute dtype (auto: bfloat16 on cuda, float32 on cpu); head master weights are fp32")
+    g.add_argument("--save-dtype", choices=list(_DTYPES), default="float32", help="dtype of model.safetensors")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+# ---- batches -------------------------------------------------------------------------
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Deterministic batches of one epoch: shuffled, then grouped by length inside
+    windows of 64 batches (less padding), batch order shuffled again."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    window = batch_size * 64
+    batches = []
+    for w in range(0, len(perm), window):
+        chunk = sorted(perm[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in order]
+
+
+def draw_fill(num_stages: int, full_prob: float, rng: random.Random) -> int:
+    if num_stages == 1 or rng.random() < full_prob:
+        return num_stages
+    return rng.randint(1, num_stages - 1)
+
+
+# ---- the frozen target -----------------------------------------------------------------
+
+@torch.no_grad()
+def teacher_forward(target_model, input_ids: torch.Tensor, valid: torch.Tensor, anchors,
+                    draft_ids: torch.Tensor):
+    """Anchor states (one [B, S, H] per anchor), teacher logits on the draft columns
+    [B, S, K] (float32) and the teacher's full-vocabulary argmax [B, S]."""
+    L = target_model.config.num_hidden_layers
+    base = target_model.get_decoder()
+    pre = {}
+    hook = None
+    if L in anchors:  # HF's hidden_states[L] is post-norm; the anchor is the norm's input
+        hook = base.norm.register_forward_pre_hook(lambda mod, args: pre.__setitem__("x", args[0]))
+    try:
+        out = target_model(input_ids=input_ids, attention_mask=valid.long(), output_hidden_states=True,
+                           use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
+    hs = out.hidden_states
+    feats = [pre["x"] if k == L else hs[k] for k in anchors]
+    logits = out.logits
+    return feats, logits[..., draft_ids].float(), logits.argmax(-1)
+
+
+# ---- training ------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if args.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = _DTYPES[args.dtype]
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        self.state_path = os.path.join(self.out, STATE_FILE)
+        self.resume_state = None
+        if args.resume:
+            if not os.path.isfile(self.state_path):
+                raise SystemExit(f"--resume: no {self.state_path}")
+            self.resume_state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+
+    # -- setup -------------------------------------------------------------------------
+    def generate_data(self) -> str | None:
+        """``--generate-from``: the target answers the prompts through vLLM, into
+        OUT/generated.jsonl (kept on --resume). Runs before the HF copy of the target
+        is loaded, so vLLM has the memory."""
+        a = self.args
+        if not a.generate_from:
+            self.generated = None
+            return None
+        path = os.path.join(self.out, GENERATED_FILE)
+        if not (a.resume and os.path.isfile(path)):
+            prompts = data_mod.read_prompts(a.generate_from)
+            logger.info("answering %d prompts with the target", min(len(prompts), a.num_generate or len(prompts)))
+            convs = data_mod.generate_conversations(
+                a.target, prompts, num=a.num_generate, temperature=a.gen_temperature, top_p=a.gen_top_p,
+                max_tokens=a.gen_max_tokens, seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
+                dtype="float32" if self.dtype == torch.float32 else "auto")
+            data_mod.write_jsonl(path, convs, {"source": "target", "target": os.path.abspath(a.target)})
+        self.generated = {"prompts": os.path.abspath(a.generate_from), "num": a.num_generate,
+                          "temperature": a.gen_temperature, "top_p": a.gen_top_p,
+                          "max_tokens": a.gen_max_tokens, "file": os.path.abspath(path)}
+        return path
+
+    def prepare_data(self, generated: str | None):
+        a = self.args
+        files = list(a.data) + ([generated] if generated else [])
+        if not files:
+            raise SystemExit("no training data: give --data and/or --generate-from")
+        self.files = [os.path.abspath(f) for f in files]
+        convs = data_mod.read_conversations(files)
+        self.eot_ids = vocab_mod.end_of_turn_ids(self.tokenizer, self.target_eos(), a.chat_template_kwargs)
+        examples = data_mod.tokenize_all(self.tokenizer, convs, self.eot_ids, a.max_length, a.chat_template_kwargs)
+        if not examples:
+            raise SystemExit("no usable conversation (none with assistant tokens) in the data")
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(a.seed)).tolist()
+        n_eval = int(round(len(examples) * a.eval_fraction)) if a.eval_fraction > 0 else 0
+        if a.eval_fraction > 0 and len(examples) > 1:
+            n_eval = min(max(n_eval, 1), len(examples) - 1)
+        self.eval_set = [examples[i] for i in order[:n_eval]]
+        self.train_set = [examples[i] for i in order[n_eval:]]
+        logger.info("%d training / %d eval conversations", len(self.train_set), len(self.eval_set))
+
+    def target_eos(self) -> list[int]:
+        gen = getattr(self.target, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None:
+            eos = self.target.config.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    def build_vocab(self):
+        a, V = self.args, self.target.config.vocab_size
+        masks = None if a.vocab_count == "all" else [e.loss_mask for e in self.train_set]
+        counts = vocab_mod.count_tokens([e.input_ids for e in self.train_set], V, masks)
+        ids = vocab_mod.select_draft_vocab(counts, a.draft_vocab_size, self.eot_ids)
+        self.vocab_info = {"source": f"{a.vocab_count} tokens of the training split", "positions": int(counts.sum()),
+                           "coverage": vocab_mod.coverage(counts, ids), "always": self.eot_ids}
+        return ids
+
+    def setup(self):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        a = self.args
+        torch.manual_seed(a.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(a.target)
+        cfg = AutoConfig.from_pretrained(a.target)
+        self.layout = layout_mod.StageLayout.build(cfg.num_hidden_layers, a.num_stages, a.anchors, a.stage_layers)
+        generated = self.generate_data()
+        self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.dtype).to(self.device).eval()
+        self.target.requires_grad_(False)
+        self.prepare_data(generated)
+
+        if self.resume_state is not None:
+            self.draft_ids = self.resume_state["draft_token_ids"]
+            self.check_resume()
+        else:
+            self.draft_ids = self.build_vocab()
+        V = self.target.config.vocab_size
+        self.d_ids = self.draft_ids.to(self.device)
+        self.t2d = vocab_mod.token_to_draft_index(self.d_ids, V)
+        torch.manual_seed(a.seed)
+        self.model = DraftModule.from_target(self.target, self.layout, a.draft_layers, self.draft_ids).to(self.device)
+        self.block_types = mask_mod.used_types(self.layout)
+        self.decode_type = mask_mod.drafting_type(self.layout)
+
+        per_epoch = math.ceil(len(self.train_set) / a.batch_size)
+        self.steps_per_epoch = per_epoch
+        self.total_steps = a.steps if a.steps is not None else max(1, math.ceil(a.epochs * per_epoch))
+        warmup = a.warmup_steps if a.warmup_steps is not None else min(100, self.total_steps // 20)
+        self.warmup = warmup
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+        total = self.total_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        if self.resume_state is not None:
+            st = self.resume_state
+            self.model.load_head_tensors(st["model"])
+            self.opt.load_state_dict(st["optimizer"])
+            self.sched.load_state_dict(st["scheduler"])
+            self.step, self.elapsed, self.history = st["step"], st["elapsed"], st["history"]
+            self.vocab_info = st["vocab_info"]
+            logger.info("resumed at step %d", self.step)
+
+    def check_resume(self):
+        st, a = self.resume_state, self.args
+        saved = st["config"]
+        now = self.config_key()
+        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if diff:
+            raise SystemExit(f"--resume: {self.state_path} was trained with different settings: {diff}")
+
+    def config_key(self) -> dict:
+        a = self.args
+        return {"target_layers": self.layout.num_layers, "num_stages": self.layout.num_stages,
+                "stage_layers": [e - s for s, e in self.layout.ranges], "anchors": list(self.layout.anchors),
+                "draft_layers": a.draft_layers, "draft_vocab_size": a.draft_vocab_size,
+                "data": self.files, "batch_size": a.batch_size, "max_length": a.max_length,
+                "seed": a.seed, "eval_fraction": a.eval_fraction}
+
+    # -- one micro-batch ------------------------------------------------------------------
+    def batch_loss(self, examples, fill: int, rep_depths: dict[int, int]):
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, valid, lmask = data_mod.collate(examples, pad)
+        ids, valid, lmask = ids.to(self.device), valid.to(self.device), lmask.to(self.device)
+        feats, t_logits, t_argmax = teacher_forward(self.target, ids, valid, self.layout.anchors, self.d_ids)
+        S = ids.shape[1]
+        struct = mask_mod.structural_mask(self.layout, S, fill, self.block_types, rep_depths, device=self.device)
+        autocast = self.dtype != torch.float32
+        bias = mask_mod.attention_bias(struct, valid, len(self.block_types),
+                                       dtype=self.dtype if autocast else torch.float32)
+        pos = mask_mod.position_ids(valid)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            logits = self.model(feats, pos, bias, self.block_types, self.decode_type)
+        return distill_loss(logits, t_logits, t_argmax, lmask & valid, self.t2d, self.args.temperature)
+
+    def batch_for_step(self, step: int):
+        epoch, i = divmod(step, self.steps_per_epoch)
+        batches = epoch_batches([len(e.input_ids) for e in self.train_set], self.args.batch_size,
+                                self.args.seed, epoch)
+        return [self.train_set[j] for j in batches[i]]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        if not self.eval_set:
+            return None
+        self.model.eval()
+        n = self.layout.num_stages
+        rep = mask_mod.representative_depths(self.layout)
+        order = sorted(range(len(self.eval_set)), key=lambda i: len(self.eval_set[i].input_ids))
+        bs = self.args.batch_size
+        loss_sum, valid, correct = 0.0, 0, 0
+        for k in range(0, len(order), bs):
+            out = self.batch_loss([self.eval_set[i] for i in order[k:k + bs]], n, rep)
+            loss_sum += float(out.loss.detach()) * out.num_valid
+            valid += out.num_valid
+            correct += out.num_correct
+        self.model.train()
+        return {"step": self.step, "eval_loss": loss_sum / valid if valid else float("nan"),
+                "eval_accuracy": correct / valid if valid else float("nan"), "eval_positions": valid,
+                "fill": n}
+
+    # -- checkpoints -------------------------------------------------------------------
+    def head_config(self, finished: bool) -> checkpoint.HeadConfig:
+        a, cfg = self.args, self.target.config
+        last_eval = next((h for h in reversed(self.history) if "eval_accuracy" in h), None)
+        prov = {
+            "trainer": "vllm_spd.train", "target": os.path.abspath(a.target), "data_files": self.files,
+            "generated": self.generated, "steps": self.step, "total_steps": self.total_steps,
+            "epochs": self.step / self.steps_per_epoch, "train_examples": len(self.train_set),
+            "eval_examples": len(self.eval_set), "train_time_s": round(self.elapsed, 1),
+            "final_eval_loss": last_eval["eval_loss"] if last_eval else None,
+            "final_eval_accuracy": last_eval["eval_accuracy"] if last_eval else None,
+            "finished": finished, "seed": a.seed, "lr": a.lr, "batch_size": a.batch_size,
+            "max_length": a.max_length, "temperature": a.temperature,
+            "fill": {"full_prob": a.full_fill_prob, "partial": "uniform [1, n-1]"},
+            "mask": "deepest-prefix + staircase, partial-fill cut-off delta >= fill - depth",
+            "sample_type_depths": a.sample_type_depths, "draft_vocab": self.vocab_info,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return checkpoint.HeadConfig(
+            target_architecture=(cfg.architectures or ["?"])[0], target_model_type=cfg.model_type,
+            hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, num_hidden_layers=cfg.num_hidden_layers,
+            num_stages=self.layout.num_stages, stage_layers=[e - s for s, e in self.layout.ranges],
+            anchors=list(self.layout.anchors), num_draft_layers=a.draft_layers,
+            draft_vocab_size=int(self.draft_ids.numel()), layer_overrides={}, trained=True, provenance=prov)
+
+    def save(self, finished: bool = False) -> None:
+        state = {
+            "step": self.step, "elapsed": self.elapsed, "history": self.history,
+            "model": self.model.head_tensors(self.draft_ids), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "draft_token_ids": self.draft_ids.cpu(),
+            "vocab_info": self.vocab_info, "config": self.config_key(), "total_steps": self.total_steps,
+        }
+        tmp = self.state_path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.state_path)
+        tensors = self.model.head_tensors(self.draft_ids, _DTYPES[self.args.save_dtype])
+        checkpoint.save_head(self.out, self.head_config(finished), tensors)
+
+    def log(self, entry: dict) -> None:
+        self.history.append(entry)
+        with open(os.path.join(self.out, LOG_FILE), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # -- the loop ----------------------------------------------------------------------
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        a = self.args
+        save_every = a.save_every or a.eval_every
+        end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+        if self.step == 0 and self.resume_state is None:
+            ev = self.evaluate()
+            if ev:
+                self.log(ev)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=a.no_progress, dynamic_ncols=True,
+                   desc="spd-train")
+        ema_loss = ema_acc = None
+        t0 = time.time()
+        while self.step < end:
+            rng = random.Random(a.seed * 1_000_003 + self.step)
+            fill = draw_fill(self.layout.num_stages, a.full_fill_prob, rng)
+            rep = mask_mod.representative_depths(self.layout, rng if a.sample_type_depths else None)
+            out = self.batch_loss(self.batch_for_step(self.step), fill, rep)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            loss = float(out.loss.detach())
+            if out.num_valid:
+                ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
+                ema_acc = out.accuracy if ema_acc is None else 0.9 * ema_acc + 0.1 * out.accuracy
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss if ema_loss is not None else float('nan'):.4f}",
+                            acc=f"{ema_acc if ema_acc is not None else float('nan'):.3f}", fill=fill,
+                            lr=f"{self.sched.get_last_lr()[0]:.2e}")
+            if self.step % a.log_every == 0 or self.step == end:
+                self.log({"step": self.step, "loss": loss, "accuracy": out.accuracy, "positions": out.num_valid,
+                          "fill": fill, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)})
+            finished = self.step == self.total_steps
+            if self.step % a.eval_every == 0 or self.step == end:
+                ev = self.evaluate()
+                if ev:
+                    self.log(ev)
+                    bar.write(f"step {self.step}: eval loss {ev['eval_loss']:.4f}, draft accuracy "
+                              f"{ev['eval_accuracy']:.4f} ({ev['eval_positions']} positions)")
+            if self.step % save_every == 0 or self.step == end:
+                self.elapsed += time.time() - t0
+                t0 = time.time()
+                self.save(finished=finished)
+        bar.close()
+        last_eval = next((h for h in reversed(self.history) if "eval_accuracy" in h), None)
+        return {"out": os.path.abspath(self.out), "step": self.step, "total_steps": self.total_steps,
+                "finished": self.step == self.total_steps, "eval": last_eval,
+                "draft_vocab_size": int(self.draft_ids.numel())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    trainer = Trainer(args)
+    trainer.setup()
+    summary = trainer.train()
+    print(json.dumps(summary))
+    return summary
