@@ -5,7 +5,8 @@ Input records (JSONL, one per line, or parquet with the same columns):
 - ``{"messages": [{"role": ..., "content": ...}, ...]}`` (also ``"conversations"`` with
   ShareGPT's ``{"from": "human"|"gpt", "value": ...}``);
 - ``{"turns": [...]}``: strings alternating user/assistant (starting with user), or
-  role/content dicts;
+  role/content dicts (in a *prompts* file, ``turns`` strings are all user turns, as in
+  MT-Bench);
 - ``{"prompt": ..., "response": ...}`` (optional ``"system"``).
 
 Tokenisation renders the whole conversation with the target's chat template and marks
@@ -119,8 +120,9 @@ def read_prompts(path: str) -> list[list[str] | list[dict]]:
     for i, rec in enumerate(read_records(path)):
         if isinstance(rec, str):
             out.append([rec])
-        elif isinstance(rec, dict) and isinstance(rec.get("turns"), list) and all(isinstance(t, str) for t in rec["turns"]):
-            out.append(list(rec["turns"]))
+        elif isinstance(rec, dict) and isinstance(rec.get("turns"), list) \
+                and all(isinstance(t, str) for t in rec["turns"]):
+            out.append(list(rec["turns"]))   # MT-Bench style: every turn is a user turn
         elif isinstance(rec, dict) and "prompt" in rec:
             out.append(([{"role": "system", "content": rec["system"]}] if rec.get("system") else [])
                        + [str(rec["prompt"])])
@@ -319,3 +321,31 @@ def write_jsonl(path: str, conversations: list[list[dict]], meta: dict | None = 
         for msgs in conversations:
             f.write(json.dumps({"messages": msgs, **(meta or {})}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vllm_spd.train.data --target DIR --prompts FILE --out FILE``: only the
+    generation step (the trainer's ``--generate-from`` does the same into OUT)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m vllm_spd.train.data", description=main.__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--prompts", required=True, help="JSONL: prompt / turns (user turns) / messages")
+    p.add_argument("--out", required=True, help="JSONL of conversations to write")
+    p.add_argument("--num", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
+    a = p.parse_args(argv)
+    convs = generate_conversations(a.target, read_prompts(a.prompts), num=a.num, temperature=a.temperature,
+                                   top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
+                                   template_kwargs=a.chat_template_kwargs, dtype=a.dtype)
+    write_jsonl(a.out, convs, {"source": "target", "target": os.path.abspath(a.target)})
+    print(json.dumps({"out": os.path.abspath(a.out), "conversations": len(convs)}))
+
+
+if __name__ == "__main__":
+    main()

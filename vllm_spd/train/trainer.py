@@ -275,8 +275,7 @@ class Trainer:
             logger.info("resumed at step %d", self.step)
 
     def check_resume(self):
-        st, a = self.resume_state, self.args
-        saved = st["config"]
+        saved = self.resume_state["config"]
         now = self.config_key()
         diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
@@ -308,9 +307,10 @@ class Trainer:
 
     def batch_for_step(self, step: int):
         epoch, i = divmod(step, self.steps_per_epoch)
-        batches = epoch_batches([len(e.input_ids) for e in self.train_set], self.args.batch_size,
-                                self.args.seed, epoch)
-        return [self.train_set[j] for j in batches[i]]
+        if getattr(self, "_epoch", (None,))[0] != epoch:
+            lengths = [len(e.input_ids) for e in self.train_set]
+            self._epoch = (epoch, epoch_batches(lengths, self.args.batch_size, self.args.seed, epoch))
+        return [self.train_set[j] for j in self._epoch[1][i]]
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:

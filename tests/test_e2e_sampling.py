@@ -1,0 +1,109 @@
+"""Sampled SPD output follows the target distribution (statistical test), and the
+same test fails when verification is deliberately broken.
+
+1500 seeded requests sample 3 tokens at temperature 1 with top_k=4 from a fixed
+prompt; the joint law of the first two tokens (the second one is SPD's first
+verified draft) is compared with the exact target law computed by transformers.
+"""
+
+import gc
+
+import pytest
+import torch
+
+from spd_models import mirror_head, predictable_target
+from vllm_spd import runner as spd_runner
+from vllm_spd.head import init_head
+
+PROMPT = "def fibonacci(n):"
+N = 1500
+TOP_K = 4
+
+
+def sample_pairs(model, spec):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
+              speculative_config=spec, disable_log_stats=False)
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(N)]
+    outs = llm.generate([PROMPT] * N, params, use_tqdm=False)
+    metrics = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
+    prompt_ids = outs[0].prompt_token_ids
+    pairs = [tuple(o.outputs[0].token_ids[:2]) for o in outs]
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return prompt_ids, pairs, metrics
+
+
+def exact_pair_law(model, prompt_ids):
+    """P(x1, x2) under temperature 1 + top-k, from transformers in float32."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+
+    def law(ids):
+        with torch.no_grad():
+            logits = m(torch.tensor([ids])).logits[0, -1]
+        top = logits.topk(TOP_K)
+        return dict(zip(top.indices.tolist(), torch.softmax(top.values, -1).tolist()))
+
+    joint = {}
+    for x1, p1 in law(prompt_ids).items():
+        for x2, p2 in law(prompt_ids + [x1]).items():
+            joint[(x1, x2)] = p1 * p2
+    return joint
+
+
+def chi_square_pvalue(pairs, joint):
+    outside = [p for p in pairs if p not in joint]
+    if outside:
+        return 0.0
+    cats = sorted(joint, key=joint.get, reverse=True)
+    expected = torch.tensor([joint[c] * len(pairs) for c in cats], dtype=torch.float64)
+    observed = torch.tensor([sum(p == c for p in pairs) for c in cats], dtype=torch.float64)
+    big = expected >= 5
+    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    obs = torch.cat([observed[big], observed[~big].sum().reshape(1)])
+    keep = exp > 0
+    exp, obs = exp[keep], obs[keep]
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    dof = int(exp.numel()) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(stat / 2.0)))
+
+
+def always_accept(logits, drafts, qs, samplings, draft_vocab):
+    d = torch.tensor(drafts)
+    accepted = d >= 0
+    return accepted, torch.where(accepted, d, logits.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def predictable(tiny_qwen3, tmp_path_factory):
+    return predictable_target(tiny_qwen3, str(tmp_path_factory.mktemp("pt") / "target"))
+
+
+# The random head's drafts are nearly always rejected (the residual path); the mirror
+# head's are mostly accepted (the accept path). Breaking verification is detectable
+# with the random head, whose proposal differs from the target by construction.
+@pytest.mark.parametrize("head_kind, broken", [("random_head", False), ("mirror_head", False),
+                                                ("random_head", True)])
+def test_sampled_output_follows_target(head_kind, broken, tiny_qwen3, predictable, tmp_path, monkeypatch):
+    head = str(tmp_path / "head")
+    if head_kind == "random_head":
+        model = tiny_qwen3
+        init_head(model, 2, head)
+    else:
+        model = predictable
+        mirror_head(model, 2, head)
+    if broken:
+        monkeypatch.setattr(spd_runner, "verify_drafts", always_accept)
+    prompt_ids, pairs, metrics = sample_pairs(model, {"method": "spd", "num_stages": 2, "model": head})
+    pvalue = chi_square_pvalue(pairs, exact_pair_law(model, prompt_ids))
+    if broken:
+        assert pvalue < 1e-6, f"broken verification went unnoticed (p={pvalue:.3g})"
+    else:
+        assert pvalue > 1e-3, f"SPD sampling does not follow the target (p={pvalue:.3g})"
+        assert metrics["vllm:spec_decode_num_drafts"] == 2 * N
+        alpha = metrics["vllm:spec_decode_num_accepted_tokens"] / metrics["vllm:spec_decode_num_drafts"]
+        assert (alpha > 0.5) if head_kind == "mirror_head" else (alpha < 0.2), alpha

@@ -1,0 +1,577 @@
+"""The head trainer: mask vs a simulated pipeline, loss, vocabulary, data, the draft
+module's computation, and a tiny end-to-end run (with resume) on CPU."""
+
+import itertools
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from vllm_spd import checkpoint
+from vllm_spd.layout import StageLayout
+from vllm_spd.train import data as data_mod
+from vllm_spd.train import mask as mask_mod
+from vllm_spd.train import vocab as vocab_mod
+from vllm_spd.train.loss import distill_loss, valid_positions
+from vllm_spd.train.model import DraftModule
+
+IM_END, IM_START, EOT = "<|im_end|>", "<|im_start|>", "<|endoftext|>"
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+WORDS = ["user", "assistant", "system", "count", "from", "please", "ok", "and", "then", "stop"] + \
+    [f"n{i}" for i in range(240)]
+
+
+# ---- fixtures: a tiny tokenizer and a tiny random Qwen3 target -----------------------
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([EOT, IM_START, IM_END, "[UNK]"] + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=IM_END, pad_token=EOT,
+                                  unk_token="[UNK]", chat_template=CHATML)
+    tok.add_special_tokens({"additional_special_tokens": [IM_START]})
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _tokenizer()
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory):
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_target")
+    tok = _tokenizer()
+    im_end, eot = tok.convert_tokens_to_ids([IM_END, EOT])
+    cfg = Qwen3Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                      tie_word_embeddings=False, initializer_range=0.1, bos_token_id=eot,
+                      eos_token_id=im_end, pad_token_id=eot, architectures=["Qwen3ForCausalLM"])
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg).float().eval()
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def target(target_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+
+
+# ---- mask -------------------------------------------------------------------------------
+
+LAYOUTS = [  # (layers, stages, anchors): 1:1 maps, shared types, unreachable types, n=1
+    (4, 1, None), (8, 2, None), (8, 2, [0, 2, 3]), (8, 3, [0, 3, 5, 6, 8]), (8, 4, None),
+    (8, 4, [0, 2, 4, 5]), (12, 6, [0, 2, 6, 11]), (16, 5, None),
+]
+
+
+@pytest.mark.parametrize("layers,stages,anchors", LAYOUTS)
+def test_mask_matches_simulated_pipeline(layers, stages, anchors):
+    lay = StageLayout.build(layers, stages, anchors)
+    for fill in range(1, stages + 1):
+        for S in (1, 2 * stages + 3):
+            fast = mask_mod.structural_mask(lay, S, fill)
+            for path in ("prompt", "reject"):
+                slow = mask_mod.simulated_mask(lay, S, fill, path=path)
+                assert torch.equal(fast, slow), (lay, fill, S, path)
+
+
+def test_mask_matches_simulation_for_every_representative_depth():
+    # Several depths per type: each choice of the depth a type's rows stand for.
+    lay = StageLayout.build(12, 6, [0, 2, 6, 11])      # depth->type 0,1,1,2,2,2,3
+    choices = {}
+    for d, a in enumerate(lay.depth_to_type):
+        choices.setdefault(a, []).append(d)
+    choices[0] = [0]
+    types = sorted(choices)
+    for combo in itertools.product(*(choices[a] for a in types)):
+        rep = dict(zip(types, combo))
+        for fill in (1, 3, 6):
+            fast = mask_mod.structural_mask(lay, 9, fill, rep_depths=rep)
+            assert torch.equal(fast, mask_mod.simulated_mask(lay, 9, fill, rep_depths=rep)), (rep, fill)
+
+
+def _sees(m, S, blocks, a_q, t):
+    row = m[blocks.index(a_q) * S + t].view(len(blocks), S)
+    return sorted((blocks[b], T) for b, T in row.nonzero().tolist())
+
+
+def test_mask_semantics_by_hand():
+    lay = StageLayout.build(8, 4, None)                # 1:1: depth d -> type d, deepest type 4
+    blocks, S, t = mask_mod.used_types(lay), 8, 6
+    full = mask_mod.structural_mask(lay, S, 4)
+    # Saturated window: staircase t..t-3 at depths 0..3, everything older at depth 4.
+    assert _sees(full, S, blocks, 0, t) == [(0, 6), (1, 5), (2, 4), (3, 3), (4, 0), (4, 1), (4, 2)]
+    # Two tokens in flight: t at 0, t-1 at 1, the rest complete.
+    part = mask_mod.structural_mask(lay, S, 2)
+    assert _sees(part, S, blocks, 0, t) == [(0, 6), (1, 5)] + [(4, T) for T in range(5)]
+    # The depth-1 row (token t-1 when t+1... is drafted) in a 2-token window: its older
+    # neighbours are outside the window, so at full depth (bug B5 would give (2, t-1)).
+    assert _sees(part, S, blocks, 1, t) == [(1, 6)] + [(4, T) for T in range(6)]
+    # Full-depth rows see only full-depth rows (the deepest-prefix cache).
+    assert _sees(part, S, blocks, 4, t) == [(4, T) for T in range(7)]
+
+
+def test_attention_bias_padding():
+    lay = StageLayout.build(8, 2, None)
+    blocks, S, m = mask_mod.used_types(lay), 7, 3
+    struct = mask_mod.structural_mask(lay, S, 2)
+    right = torch.tensor([[1] * 5 + [0] * 2, [1] * 7], dtype=torch.bool)
+    bias = mask_mod.attention_bias(struct, right, m)
+    allowed = bias[:, 0] == 0
+    assert bias.shape == (2, 1, m * S, m * S)
+    assert torch.equal(allowed[1], struct)
+    idx = lambda b, t: b * S + t  # noqa: E731
+    for b in range(m):
+        for t in range(S):
+            r = idx(b, t)
+            if t < 5:   # a valid row: as the structural mask, minus padded keys
+                want = struct[r].clone().view(m, S)
+                want[:, 5:] = False
+                assert torch.equal(allowed[0, r], want.view(-1))
+            else:       # a padded row sees only itself
+                assert allowed[0, r].nonzero().view(-1).tolist() == [r]
+    # Left padding: same mask as the unpadded sequence, shifted; positions start at 0.
+    left = torch.tensor([[0, 0] + [1] * 5], dtype=torch.bool)
+    assert mask_mod.position_ids(left).tolist() == [[0, 0, 0, 1, 2, 3, 4]]
+    a_left = mask_mod.attention_bias(struct, left, m)[0, 0] == 0
+    short = mask_mod.structural_mask(lay, 5, 2)
+    sel = torch.tensor([b * S + t for b in range(m) for t in range(2, S)])
+    assert torch.equal(a_left[sel][:, sel], short)
+
+
+def test_representative_depths_and_fill_checks():
+    lay = StageLayout.build(32, 8, [0, 8, 16, 24, 31])   # 0,0,1,1,2,2,3,3,4
+    assert mask_mod.representative_depths(lay) == {0: 0, 1: 2, 2: 4, 3: 6, 4: 8}
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(50):
+        rep = mask_mod.representative_depths(lay, rng)
+        assert rep[0] == 0 and all(lay.depth_to_type[d] == a for a, d in rep.items())
+        seen.add(rep[1])
+    assert seen == {2, 3}
+    with pytest.raises(ValueError):
+        mask_mod.structural_mask(lay, 4, 0)
+    with pytest.raises(ValueError):
+        mask_mod.structural_mask(lay, 4, 9)
+
+
+# ---- loss -------------------------------------------------------------------------------
+
+def test_loss_by_hand():
+    # V=5, draft ids [1, 3]; S=4, the token at 3 is padding/not trained.
+    draft = torch.tensor([1, 3])
+    t2d = vocab_mod.token_to_draft_index(draft, 5)
+    assert t2d.tolist() == [-1, 0, -1, 1, -1]
+    full = torch.full((1, 4, 5), -10.0)
+    full[0, 0, [1, 3]] = torch.tensor([0.0, math.log(3)])   # p = (1/4, 3/4), argmax 3 (in draft)
+    full[0, 1, [1, 3, 4]] = torch.tensor([1.0, 1.0, 5.0])     # argmax 4: not a draft token
+    full[0, 2, [1, 3]] = torch.tensor([2.0, 0.0])             # valid only if token 3 is trained
+    teacher_argmax = full.argmax(-1)
+    teacher = full[..., draft]
+    student = torch.zeros(1, 4, 2, requires_grad=True)        # q = (1/2, 1/2)
+    with torch.no_grad():
+        student[0, 2] = torch.tensor([0.0, 1.0])
+    loss_mask = torch.tensor([[0, 1, 1, 0]])
+    assert valid_positions(loss_mask, teacher_argmax, t2d).tolist() == [[True, False, False, False]]
+    out = distill_loss(student, teacher, teacher_argmax, loss_mask, t2d)
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert out.num_valid == 1 and abs(float(out.loss.detach()) - kl) < 1e-6
+    assert out.num_correct == 0 and out.accuracy == 0.0      # student tie -> index 0, teacher 1
+    out.loss.backward()
+    assert student.grad[0, 1:].abs().sum() == 0
+    # Position 2 becomes valid once token 3 is trained: p = softmax(2, 0), q = softmax(0, 1).
+    out2 = distill_loss(student, teacher, teacher_argmax, torch.tensor([[0, 1, 1, 1]]), t2d)
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    q = torch.softmax(torch.tensor([0.0, 1.0]), 0)
+    kl2 = float((p * (p / q).log()).sum())
+    assert out2.num_valid == 2 and abs(float(out2.loss.detach()) - (kl + kl2) / 2) < 1e-6
+    assert out2.num_correct == 0
+    # Temperature: KL of the softened distributions times T^2.
+    out3 = distill_loss(student, teacher, teacher_argmax, loss_mask, t2d, temperature=2.0)
+    pt = torch.softmax(torch.tensor([0.0, math.log(3)]) / 2, 0)
+    assert abs(float(out3.loss.detach()) - 4 * float((pt * (pt / 0.5).log()).sum())) < 1e-6
+    # No valid position: zero loss that still backpropagates.
+    none = distill_loss(student, teacher, teacher_argmax, torch.zeros(1, 4, dtype=torch.long), t2d)
+    assert none.num_valid == 0 and float(none.loss.detach()) == 0.0 and math.isnan(none.accuracy)
+
+
+def test_loss_accuracy_counts_agreement():
+    t2d = vocab_mod.token_to_draft_index(torch.tensor([0, 2, 4]), 6)
+    teacher_full = torch.tensor([[[0., 0, 9, 0, 0, 0], [0., 0, 0, 0, 9, 0], [9., 0, 0, 0, 0, 0]]])
+    student = torch.tensor([[[0., 5, 0], [5., 0, 0], [0., 0, 0]]])
+    out = distill_loss(student, teacher_full[..., [0, 2, 4]], teacher_full.argmax(-1),
+                       torch.ones(1, 3, dtype=torch.long), t2d)
+    assert out.num_valid == 2 and out.num_correct == 1 and out.accuracy == 0.5
+
+
+# ---- vocabulary ---------------------------------------------------------------------------
+
+def test_draft_vocab_selection():
+    counts = vocab_mod.count_tokens([[5, 5, 1, 2, 9], [2, 7, 7]], 10, masks=[[1, 1, 1, 0, 1], [1, 1, 1]])
+    assert counts.tolist() == [0, 1, 1, 0, 0, 2, 0, 2, 0, 1]
+    # K=3: 5 and 7 (2 each), then the lowest id among the count-1 tokens (1).
+    assert vocab_mod.select_draft_vocab(counts, 3).tolist() == [1, 5, 7]
+    # The end-of-turn token is always kept, the rest by frequency.
+    assert vocab_mod.select_draft_vocab(counts, 3, always=[8]).tolist() == [5, 7, 8]
+    # More slots than seen tokens: unseen ones by lower id.
+    assert vocab_mod.select_draft_vocab(counts, 7).tolist() == [0, 1, 2, 3, 5, 7, 9]
+    assert vocab_mod.select_draft_vocab(counts, 10).tolist() == list(range(10))
+    assert vocab_mod.select_draft_vocab(counts, 0).tolist() == list(range(10))
+    with pytest.raises(ValueError):
+        vocab_mod.select_draft_vocab(counts, 1, always=[3, 4])
+    ids = vocab_mod.select_draft_vocab(counts, 3)
+    table = vocab_mod.token_to_draft_index(ids, 10)
+    assert table.tolist() == [-1, 0, -1, -1, -1, 1, -1, 2, -1, -1]
+    assert vocab_mod.to_draft(torch.tensor([[7, 0]]), table).tolist() == [[2, -1]]
+    assert vocab_mod.in_draft_vocab(ids, 10).sum() == 3
+    assert abs(vocab_mod.coverage(counts, ids) - 5 / 7) < 1e-9
+
+
+def test_end_of_turn_ids(tok):
+    im_end, eot = tok.convert_tokens_to_ids([IM_END, EOT])
+    assert vocab_mod.end_of_turn_ids(tok) == [im_end]
+    assert vocab_mod.end_of_turn_ids(tok, [eot]) == sorted([im_end, eot])
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def test_record_formats(tmp_path):
+    recs = [
+        {"messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": "count"},
+                      {"role": "assistant", "content": "n1 n2"}]},
+        {"conversations": [{"from": "human", "value": "count"}, {"from": "gpt", "value": "n3"}]},
+        {"turns": ["count", "n4 n5", "then", "n6"]},
+        {"prompt": "count", "response": "n7", "system": "ok"},
+        {"prompt": "no answer"},   # no assistant turn: skipped for training
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    convs = data_mod.read_conversations([str(path)])
+    assert len(convs) == 4
+    assert convs[1] == [{"role": "user", "content": "count"}, {"role": "assistant", "content": "n3"}]
+    assert [m["role"] for m in convs[2]] == ["user", "assistant", "user", "assistant"]
+    assert convs[3][0] == {"role": "system", "content": "ok"}
+    prompts = data_mod.read_prompts(str(path))
+    # In a prompts file, "turns" are the user turns (MT-Bench style).
+    assert prompts[2] == ["count", "n4 n5", "then", "n6"] and prompts[4] == ["no answer"]
+    assert prompts[0] == [{"role": "system", "content": "ok"}, "count"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    with pytest.raises(data_mod.DataError, match="record 0"):
+        data_mod.read_conversations([str(bad)])
+
+
+def test_parquet_needs_pyarrow(tmp_path):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(data_mod.DataError, match="pyarrow"):
+            data_mod.read_records(str(tmp_path / "x.parquet"))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{"prompt": "count", "response": "n1"}]), tmp_path / "x.parquet")
+        assert data_mod.read_conversations([str(tmp_path / "x.parquet")])[0][1]["content"] == "n1"
+
+
+class _SlowTokenizer:
+    """The fast tokenizer without offsets: exercises the piecewise path."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_assistant_mask(tok):
+    msgs = [{"role": "user", "content": "count n1"}, {"role": "assistant", "content": "n1 n2 n3"},
+            {"role": "user", "content": "n1 n2 n3"}, {"role": "assistant", "content": " ok stop "}]
+    eot = vocab_mod.end_of_turn_ids(tok)
+    ex = data_mod.tokenize_conversation(tok, msgs, eot)
+    words = tok.convert_ids_to_tokens(ex.input_ids)
+    trained = [w for w, m in zip(words, ex.loss_mask) if m]
+    # Content of both answers plus the end-of-turn after each; the user's repeat is not.
+    assert trained == ["n1", "n2", "n3", IM_END, "ok", "stop", IM_END]
+    assert ex.input_ids == tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    slow = data_mod.tokenize_conversation(_SlowTokenizer(tok), msgs, eot)
+    assert slow == ex
+    cut = data_mod.tokenize_conversation(tok, msgs, eot, max_length=7)
+    assert cut.input_ids == ex.input_ids[:7] and cut.loss_mask == ex.loss_mask[:7]
+    ids, valid, lmask = data_mod.collate([ex, cut], pad_id=0)
+    assert ids.shape == (2, len(ex.input_ids)) and valid[1].sum() == 7 and lmask[1, 7:].sum() == 0
+
+
+def test_generate_conversations_multi_turn():
+    class Out:
+        def __init__(self, text):
+            self.outputs = [type("C", (), {"text": text})()]
+
+    class StubLLM:
+        def __init__(self):
+            self.calls = []
+
+        def chat(self, convs, params, use_tqdm=True, chat_template_kwargs=None):
+            self.calls.append([list(c) for c in convs])
+            return [Out(f"answer{len(c)}") for c in convs]
+
+    llm = StubLLM()
+    prompts = [["q1", "q2"], [{"role": "system", "content": "s"}, "p1"], ["r1"]]
+    convs = data_mod.generate_conversations("unused", prompts, llm=llm, sampling_params=object())
+    assert convs[0] == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "answer1"},
+                        {"role": "user", "content": "q2"}, {"role": "assistant", "content": "answer3"}]
+    assert convs[1] == [{"role": "system", "content": "s"}, {"role": "user", "content": "p1"},
+                        {"role": "assistant", "content": "answer2"}]
+    assert [len(c) for c in llm.calls] == [3, 1]
+    assert len(data_mod.generate_conversations("unused", prompts, num=1, llm=StubLLM(),
+                                               sampling_params=object())) == 1
+
+
+# ---- the draft module ---------------------------------------------------------------------
+
+def _rms(x, w, eps):
+    return w * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rope(x, pos, theta):
+    """Rotate-half RoPE written out: x [S, heads, d], pos [S]."""
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = pos.double()[:, None] * inv[None]                    # [S, d/2]
+    cos, sin = ang.cos()[:, None, :].float(), ang.sin()[:, None, :].float()
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+def _manual_layer(sd, cfg, x, pos):
+    """One Qwen3 decoder layer from its weights, causal over the rows of x [S, H]."""
+    eps, nh, nkv, hd = cfg.rms_norm_eps, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    theta = cfg.rope_parameters["rope_theta"]
+    S = x.shape[0]
+    h = _rms(x, sd["input_layernorm.weight"], eps)
+    q = (h @ sd["self_attn.q_proj.weight"].T).view(S, nh, hd)
+    k = (h @ sd["self_attn.k_proj.weight"].T).view(S, nkv, hd)
+    v = (h @ sd["self_attn.v_proj.weight"].T).view(S, nkv, hd)
+    q = _rope(_rms(q, sd["self_attn.q_norm.weight"], eps), pos, theta)
+    k = _rope(_rms(k, sd["self_attn.k_norm.weight"], eps), pos, theta)
+    heads = []
+    for i in range(nh):
+        j = i // (nh // nkv)
+        scores = q[:, i] @ k[:, j].T / math.sqrt(hd)
+        scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+        heads.append(torch.softmax(scores, -1) @ v[:, j])
+    x = x + torch.cat(heads, -1) @ sd["self_attn.o_proj.weight"].T
+    h = _rms(x, sd["post_attention_layernorm.weight"], eps)
+    gate, up = h @ sd["mlp.gate_proj.weight"].T, h @ sd["mlp.up_proj.weight"].T
+    return x + (torch.nn.functional.silu(gate) * up) @ sd["mlp.down_proj.weight"].T
+
+
+def _draft(target, lay, layers=2, K=40, seed=0):
+    torch.manual_seed(seed)
+    ids = torch.arange(3, 3 + K)
+    mod = DraftModule.from_target(target, lay, layers, ids)
+    with torch.no_grad():   # an untrained-looking but non-trivial module
+        for p in mod.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return mod.eval(), ids
+
+
+def test_module_is_a_head(target, target_dir, tmp_path):
+    from vllm_spd.head import init_head
+
+    lay = StageLayout.build(4, 2, None)
+    mod, ids = _draft(target, lay)
+    tensors = mod.head_tensors(ids)
+    init_head(target_dir, 2, str(tmp_path / "ref"), num_draft_layers=2, draft_token_ids=ids.tolist())
+    ref = checkpoint.load_tensors(str(tmp_path / "ref"))
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    cfg = checkpoint.read_config(str(tmp_path / "ref"))
+    checkpoint.check_tensors(cfg, tensors, "module")
+    # lm_head starts as the target's LM-head rows of the draft tokens.
+    torch.manual_seed(0)
+    fresh = DraftModule.from_target(target, lay, 1, ids)
+    assert torch.equal(fresh.lm_head.weight, target.lm_head.weight[ids])
+    assert not any(k.startswith(("rotary", "_final")) for k in fresh.state_dict())
+    # The target's final norm is used, not owned: not a parameter of the head.
+    assert all(p is not target.model.norm.weight for p in fresh.parameters())
+    assert fresh.final_norm is target.model.norm
+
+
+def test_deepest_rows_match_direct_computation(target):
+    """Rows all at full depth with a causal mask, at absolute positions 5.., against the
+    layer computed by hand from the same weights (RoPE written out)."""
+    lay = StageLayout.build(4, 2, None)
+    mod, _ = _draft(target, lay, layers=2)
+    cfg = target.config
+    S, H, top = 9, cfg.hidden_size, lay.num_types - 1
+    torch.manual_seed(1)
+    anchors = [torch.randn(1, S, H) for _ in lay.anchors]
+    pos = torch.arange(5, 5 + S)[None]
+    with torch.no_grad():
+        rows = mod.aggregate(anchors, top)
+        causal = torch.zeros(1, 1, S, S).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1),
+                                                      torch.finfo(torch.float32).min)
+        got = mod.logits(mod.run_layers(rows, pos, causal))[0]
+        x = torch.cat(anchors, -1)[0] @ mod.aggr_projs[top].weight.T
+        for layer in mod.layers:
+            x = _manual_layer(layer.state_dict(), cfg, x, pos[0])
+        want = _rms(x, target.model.norm.weight, cfg.rms_norm_eps) @ mod.lm_head.weight.T
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    # RoPE is relative: a uniform shift changes nothing, a gap does (and still matches).
+    gap = pos + (torch.arange(S) >= 4).long() * 7
+    with torch.no_grad():
+        shifted = mod.logits(mod.run_layers(rows, pos + 3, causal))[0]
+        gapped = mod.logits(mod.run_layers(rows, gap, causal))[0]
+        x = torch.cat(anchors, -1)[0] @ mod.aggr_projs[top].weight.T
+        for layer in mod.layers:
+            x = _manual_layer(layer.state_dict(), cfg, x, gap[0])
+        want_gap = _rms(x, target.model.norm.weight, cfg.rms_norm_eps) @ mod.lm_head.weight.T
+    torch.testing.assert_close(shifted, got, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(gapped, want_gap, atol=2e-5, rtol=1e-4)
+    assert (gapped[4:] - got[4:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("stages,anchors", [(2, None), (4, None), (2, [0, 1, 4])])
+def test_training_forward_equals_simulated_inference(target, stages, anchors):
+    """The type-0 block of the training forward, under the mask for fill f, equals the
+    draft module run the way inference runs it: the rows the runner would build (cache
+    at full depth + pending + in-flight staircase), plain causal attention."""
+    lay = StageLayout.build(4, stages, anchors)
+    mod, _ = _draft(target, lay, layers=2)
+    S, H = 7, target.config.hidden_size
+    torch.manual_seed(2)
+    anchor_states = [torch.randn(1, S, H) for _ in lay.anchors]
+    blocks = mask_mod.used_types(lay)
+    valid = torch.ones(1, S, dtype=torch.bool)
+    pos = mask_mod.position_ids(valid)
+    off = 3 * stages + 2
+    for fill in range(1, stages + 1):
+        struct = mask_mod.structural_mask(lay, S, fill)
+        with torch.no_grad():
+            train_logits = mod(anchor_states, pos, mask_mod.attention_bias(struct, valid, len(blocks)), blocks)
+        for t in range(S):
+            rows = [(p - off, d) for p, d in mask_mod._rows_at_draft(lay, t + off, fill, "prompt") if p >= off]
+            assert [p for p, _ in rows] == list(range(t + 1))
+            with torch.no_grad():
+                x = torch.cat([mod.aggregate([a[:, p:p + 1] for a in anchor_states], lay.depth_to_type[d])
+                               for p, d in rows], 1)
+                R = x.shape[1]
+                causal = torch.zeros(1, 1, R, R).masked_fill(torch.ones(R, R, dtype=torch.bool).triu(1),
+                                                              torch.finfo(torch.float32).min)
+                inf_logits = mod.logits(mod.run_layers(x, torch.tensor([[p for p, _ in rows]]), causal))[0, -1]
+            torch.testing.assert_close(train_logits[0, t], inf_logits, atol=2e-5, rtol=1e-4)
+
+
+def test_teacher_anchor_L_is_pre_norm(target):
+    from vllm_spd.train.trainer import teacher_forward
+
+    ids = torch.randint(0, 200, (2, 6))
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    caught = {}
+    hooks = [target.model.layers[k].register_forward_hook(lambda m, a, o, k=k: caught.__setitem__(k, o))
+             for k in range(4)]
+    try:
+        feats, t_logits, t_argmax = teacher_forward(target, ids, valid, [0, 2, 4], torch.tensor([3, 5]))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = caught[3][0] if isinstance(caught[3], tuple) else caught[3]
+    torch.testing.assert_close(feats[2], out)                          # raw last layer output
+    torch.testing.assert_close(feats[1], caught[1] if not isinstance(caught[1], tuple) else caught[1][0])
+    torch.testing.assert_close(feats[0], target.model.embed_tokens(ids))
+    full = target(ids).logits
+    torch.testing.assert_close(t_logits, full[..., [3, 5]])
+    assert torch.equal(t_argmax, full.argmax(-1))
+
+
+# ---- end to end ---------------------------------------------------------------------------
+
+def _write_data(path, n, seed):
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        k = rng.randrange(200)
+        count = " ".join(f"n{k + j}" for j in range(rng.randrange(6, 14)))
+        if i % 3 == 0:
+            rec = {"prompt": f"count from n{k}", "response": count + " stop"}
+        elif i % 3 == 1:
+            rec = {"messages": [{"role": "user", "content": f"please count from n{k}"},
+                                {"role": "assistant", "content": count}]}
+        else:
+            rec = {"turns": [f"count from n{k}", count, "and then", "ok " + count]}
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _train(argv):
+    from vllm_spd.train.trainer import main
+
+    return main(argv + ["--no-progress"])
+
+
+def test_end_to_end_train_and_resume(target_dir, tmp_path):
+    data = _write_data(tmp_path / "train.jsonl", 60, seed=0)
+    common = ["--target", target_dir, "--num-stages", "2", "--draft-layers", "1", "--draft-vocab-size", "64",
+              "--data", data, "--steps", "16", "--lr", "3e-3", "--batch-size", "4", "--max-length", "64",
+              "--eval-every", "8", "--eval-fraction", "0.2", "--seed", "3", "--log-every", "4"]
+    out_a = tmp_path / "a"
+    summary = _train(common + ["--out", str(out_a)])
+    assert summary["finished"] and summary["step"] == 16
+
+    cfg = checkpoint.read_config(str(out_a))
+    tensors = checkpoint.load_tensors(str(out_a))
+    checkpoint.check_tensors(cfg, tensors, str(out_a))
+    assert cfg.trained and cfg.num_stages == 2 and cfg.anchors == [0, 2, 3] and cfg.draft_vocab_size == 64
+    prov = cfg.provenance
+    assert prov["steps"] == 16 and prov["finished"] and prov["data_files"] == [os.path.abspath(data)]
+    assert prov["final_eval_accuracy"] is not None and prov["train_time_s"] >= 0
+    ids = tensors["draft_token_ids"]
+    im_end = _tokenizer().convert_tokens_to_ids(IM_END)
+    assert im_end in ids.tolist() and bool((ids[1:] > ids[:-1]).all())
+
+    history = [json.loads(x) for x in (out_a / "train_log.jsonl").read_text().splitlines()]
+    evals = [h for h in history if "eval_loss" in h]
+    assert [e["step"] for e in evals] == [0, 8, 16]
+    assert evals[-1]["eval_loss"] < 0.8 * evals[0]["eval_loss"], evals
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    assert train_losses[-1] < train_losses[0]
+
+    # Interrupted after 6 steps, then resumed: same weights as the uninterrupted run.
+    out_b = tmp_path / "b"
+    first = _train(common + ["--out", str(out_b), "--stop-after", "6"])
+    assert first["step"] == 6 and not first["finished"]
+    assert not checkpoint.read_config(str(out_b)).provenance["finished"]
+    second = _train(common + ["--out", str(out_b), "--resume"])
+    assert second["step"] == 16 and second["finished"]
+    resumed = checkpoint.load_tensors(str(out_b))
+    assert resumed.keys() == tensors.keys()
+    for k in tensors:
+        torch.testing.assert_close(resumed[k], tensors[k], atol=1e-6, rtol=1e-5)
+
+    with pytest.raises(SystemExit, match="different settings"):
+        _train(common[:5] + ["2"] + common[6:] + ["--out", str(out_b), "--resume"])
