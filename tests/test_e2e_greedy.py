@@ -77,3 +77,22 @@ def test_mostly_right_head_matches_plain(predictable, num_stages, tmp_path):
 def test_ngram_drafter_matches_plain(tiny_qwen3, tiny_reference, num_stages):
     out, _ = generate(tiny_qwen3, {"method": "spd", "num_stages": num_stages, "drafter": "ngram"})
     assert_identical(tiny_reference, out)
+
+
+@pytest.fixture(scope="module")
+def smollm2_reference(smollm2):
+    return generate(smollm2)[0]
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_smollm2_random_head_matches_plain(smollm2, smollm2_reference, num_stages, tmp_path):
+    head = str(tmp_path / "head")
+    init_head(smollm2, num_stages, head)
+    out, _ = generate(smollm2, {"method": "spd", "num_stages": num_stages, "model": head})
+    assert_identical(smollm2_reference, out)
+
+
+def test_smollm2_ngram_matches_plain(smollm2, smollm2_reference):
+    out, counters = generate(smollm2, {"method": "spd", "num_stages": 4})
+    assert_identical(smollm2_reference, out)
+    assert counters["vllm:spec_decode_num_accepted_tokens"] > 0

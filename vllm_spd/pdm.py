@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vllm_spd import checkpoint
+from vllm_spd.kernels import aggregate_anchors, draft_head, pack_aggregation_weights
 from vllm_spd.head import tower_config
 
 PREFIX = "spd_pdm"
@@ -61,14 +62,10 @@ class PipelineDraftModule(nn.Module):
     def aggregate(self, anchors: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """Row r: ``aggr_projs[a](cat(anchors[0..a, r]))`` with ``a = types[r]``.
 
-        ``anchors`` is ``[m, R, H]``; entries above a row's type are never read.
+        ``anchors`` is ``[m, R, H]``; entries above a row's type are never read. One
+        fused launch on GPU (``vllm_spd.kernels``), the torch reference elsewhere.
         """
-        out = anchors.new_empty(anchors.shape[1:])
-        for a in types.unique().tolist():
-            rows = (types == a).nonzero(as_tuple=True)[0]
-            x = anchors[: a + 1, rows].permute(1, 0, 2).reshape(rows.numel(), -1)
-            out[rows] = self.aggr_projs[a](x)
-        return out
+        return aggregate_anchors(anchors, types, self.packed)
 
     def forward(self, positions: torch.Tensor, rows: torch.Tensor):
         hidden, residual = rows, None
@@ -79,6 +76,13 @@ class PipelineDraftModule(nn.Module):
     def draft_logits(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         normed, _ = self._final_norm[0](hidden, residual)
         return normed @ self.lm_head.t()
+
+    def draft_greedy(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Full-vocab argmax ids, fused (norm + head + argmax, no logits written) on GPU."""
+        norm = self._final_norm[0]
+        ids, _ = draft_head(hidden + residual, norm.weight, norm.variance_epsilon, self.lm_head,
+                            self.draft_token_ids)
+        return ids
 
     def load_head(self, head_dir: str) -> None:
         tensors = checkpoint.load_tensors(head_dir)
@@ -114,3 +118,9 @@ class PipelineDraftModule(nn.Module):
         missing = sorted(set(own) - loaded)
         if missing:
             raise checkpoint.HeadError(f"spd head {head_dir!r} lacks weights for {missing}")
+        self.pack_projections()
+
+    def pack_projections(self) -> None:
+        """Move the type projections into the one buffer the fused kernel reads."""
+        self.packed = pack_aggregation_weights([p.weight.data for p in self.aggr_projs])
+        del self.aggr_projs   # the packed buffer is the only copy from here on

@@ -410,9 +410,12 @@ class SPDRunnerMixin:
         types = torch.tensor(rows_type, device=self.device)
         hidden, residual = self._pdm_forward(chunks, stack, types)
         last = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
-        logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
-        kw = _row_params([req.sampling for req in owners], self.device)
-        tokens, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
+        if all(req.sampling.greedy for req in owners):
+            tokens, q = self.spd_pdm.draft_greedy(hidden[last], residual[last]).tolist(), None
+        else:
+            logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
+            kw = _row_params([req.sampling for req in owners], self.device)
+            tokens, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
         drafts = []
         for row, (req, want) in enumerate(zip(owners, wants)):
             # The pending row is in the draft module's cache now; its anchors can go.
