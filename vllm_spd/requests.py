@@ -35,9 +35,12 @@ def unsupported_sampling_fields(params) -> list[str]:
 
 
 def check_sampling_params(params) -> None:
+    """Raise vLLM's validation error (HTTP 400 in the server) naming each field."""
+    from vllm.exceptions import VLLMValidationError
+
     fields = unsupported_sampling_fields(params)
     if fields:
-        raise ValueError(
+        raise VLLMValidationError(
             f"speculative method 'spd' does not support {', '.join(fields)} yet; "
             "supported: temperature, top_k, top_p, min_p, seed, stop, stop_token_ids, "
-            "ignore_eos, max_tokens, min_tokens")
+            "ignore_eos, max_tokens, min_tokens", parameter=fields[0])
