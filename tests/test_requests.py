@@ -16,8 +16,9 @@ def test_supported_params_pass():
                                        ({"logprobs": 2}, "logprobs")])
 def test_unsupported_params_named(kw, field):
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
 
     params = SamplingParams(**kw)
     assert unsupported_sampling_fields(params) == [field]
-    with pytest.raises(ValueError, match=f"'spd' does not support {field}"):
+    with pytest.raises(VLLMValidationError, match=f"'spd' does not support {field}"):
         check_sampling_params(params)
