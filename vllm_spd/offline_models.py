@@ -194,7 +194,8 @@ def _build_tiny_qwen3(out: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(stdlib / f).read_text(encoding="utf-8") for f in sorted(TOKENIZER_CORPUS)]
+    # A file this Python's stdlib lacks (zipfile.py became a package in 3.12) is skipped.
+    texts = [(stdlib / f).read_text(encoding="utf-8") for f in sorted(TOKENIZER_CORPUS) if (stdlib / f).is_file()]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
