@@ -78,9 +78,7 @@ def _visible_gpus() -> int:
 
     if not current_platform.is_cuda_alike():
         return 0
-    from vllm.utils.torch_utils import cuda_device_count_stateless
-
-    return cuda_device_count_stateless()
+    return current_platform.device_count()   # without creating a CUDA context
 
 
 def _create_engine_config(original, self, *args, **kwargs):
