@@ -96,3 +96,26 @@ def test_smollm2_ngram_matches_plain(smollm2, smollm2_reference):
     out, counters = generate(smollm2, {"method": "spd", "num_stages": 4})
     assert_identical(smollm2_reference, out)
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0
+
+
+def test_preemption_keeps_output_exact(tiny_qwen3, tmp_path):
+    """A KV cache too small for every request at once forces vLLM to preempt requests
+    mid-decode (their in-flight SPD state is dropped) and to recompute them later."""
+    from vllm import LLM, SamplingParams
+
+    head = str(tmp_path / "head")
+    init_head(tiny_qwen3, 3, head)
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    results = []
+    for spec in (None, {"method": "spd", "num_stages": 3, "model": head}):
+        llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+                  block_size=32, num_gpu_blocks_override=24, disable_log_stats=False, speculative_config=spec)
+        out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+        preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        results.append((out, preemptions))
+    (reference, _), (out, preemptions) = results
+    assert preemptions > 0, "the test needs preemptions to mean anything"
+    assert_identical(reference, out)
