@@ -33,15 +33,21 @@ def tower_config(target_config, overrides: dict | None = None):
     return cfg
 
 
-def tower_layer_class(target_config):
-    """The HF decoder-layer class of the target's family (e.g. Qwen3DecoderLayer)."""
+def family_class(target_config, part: str):
+    """A transformers class of the target's family, e.g. part "DecoderLayer" for a
+    Qwen3ForCausalLM target -> Qwen3DecoderLayer."""
     model_type = target_config.model_type
     module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
     arch = (target_config.architectures or [""])[0]
-    name = arch.replace("ForCausalLM", "DecoderLayer")
+    name = arch.replace("ForCausalLM", part)
     if not hasattr(module, name):
-        raise ValueError(f"no decoder layer class {name} in {module.__name__}")
+        raise ValueError(f"no class {name} in {module.__name__}")
     return getattr(module, name)
+
+
+def tower_layer_class(target_config):
+    """The HF decoder-layer class of the target's family (e.g. Qwen3DecoderLayer)."""
+    return family_class(target_config, "DecoderLayer")
 
 
 def read_target_tensor(target_dir: str, names: tuple[str, ...]) -> torch.Tensor | None:

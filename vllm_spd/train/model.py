@@ -16,24 +16,17 @@ kept outside this module's parameters.
 from __future__ import annotations
 
 import copy
-import importlib
 
 import torch
 from torch import nn
 
-from vllm_spd.head import tower_config, tower_layer_class
+from vllm_spd.head import family_class, tower_config, tower_layer_class
 from vllm_spd.layout import StageLayout
 
 
 def rotary_class(target_config):
     """The family's rotary embedding class (e.g. Qwen3RotaryEmbedding)."""
-    mt = target_config.model_type
-    module = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
-    arch = (target_config.architectures or [""])[0]
-    name = arch.replace("ForCausalLM", "RotaryEmbedding")
-    if not hasattr(module, name):
-        raise ValueError(f"no rotary embedding class {name} in {module.__name__}")
-    return getattr(module, name)
+    return family_class(target_config, "RotaryEmbedding")
 
 
 def target_parts(target_model):
