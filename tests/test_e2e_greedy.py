@@ -119,3 +119,43 @@ def test_preemption_keeps_output_exact(tiny_qwen3, tmp_path):
     (reference, _), (out, preemptions) = results
     assert preemptions > 0, "the test needs preemptions to mean anything"
     assert_identical(reference, out)
+
+
+def test_stops_inside_the_window_match_plain(smollm2, tmp_path):
+    """EOS, stop strings, stop token ids and max_tokens may fall inside SPD's in-flight
+    window; text, tokens and finish reasons must equal plain decoding's."""
+    from vllm import LLM, SamplingParams
+
+    head = str(tmp_path / "head")
+    init_head(smollm2, 4, head)
+    messages = [[{"role": "user", "content": q}] for q in
+                ("What is the capital of France?", "Count from one to ten in words.",
+                 "Name three colours.", "Write one short sentence about the sea.")]
+    params = [SamplingParams(max_tokens=48, temperature=0.0),                      # EOS
+              SamplingParams(max_tokens=48, temperature=0.0, stop=["five", "5"]),   # stop string
+              SamplingParams(max_tokens=48, temperature=0.0, stop_token_ids=[28]),  # "," in SmolLM2
+              SamplingParams(max_tokens=7, temperature=0.0, min_tokens=3)]          # max_tokens
+    results = []
+    for spec in (None, {"method": "spd", "num_stages": 4, "model": head, "cycles_per_step": 8}):
+        llm = LLM(model=smollm2, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+                  speculative_config=spec)
+        outs = llm.chat(messages, params, use_tqdm=False)
+        results.append([(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason,
+                         o.outputs[0].stop_reason) for o in outs])
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    plain, spd = results
+    assert spd == plain
+    assert [r[2] for r in plain] == ["stop", "stop", "stop", "length"]
+    assert plain[1][3] in ("five", "5") and plain[2][3] == 28   # the stop string / id really fired
+
+
+def test_periodic_log_line(tiny_qwen3, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vllm_spd")
+    generate(tiny_qwen3, {"method": "spd", "num_stages": 2, "log_interval_s": 1e-6}, max_tokens=8,
+             prompts=PROMPTS[:2])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spd: alpha=")]
+    assert lines and "tokens/cycle" in lines[-1]
