@@ -159,3 +159,23 @@ def test_periodic_log_line(tiny_qwen3, caplog):
              prompts=PROMPTS[:2])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spd: alpha=")]
     assert lines and "tokens/cycle" in lines[-1]
+
+
+def test_chunked_prefill_mixed_with_decoding(tiny_qwen3, tmp_path):
+    """Long prompts prefilled in chunks over several steps while other requests are
+    already decoding in the same steps."""
+    from vllm import LLM, SamplingParams
+
+    head = str(tmp_path / "head")
+    init_head(tiny_qwen3, 4, head)
+    prompts = [p * (1 + 7 * (i % 4)) for i, p in enumerate(PROMPTS[:8])]   # 1..~200 tokens
+    sp = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    results = []
+    for spec in (None, {"method": "spd", "num_stages": 4, "model": head}):
+        llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+                  enable_chunked_prefill=True, max_num_batched_tokens=48, speculative_config=spec)
+        results.append([list(o.outputs[0].token_ids) for o in llm.generate(prompts, sp, use_tqdm=False)])
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    assert_identical(*results)
