@@ -5,8 +5,9 @@ kernel used for CUDA tensors; the dispatch functions pick one (``backend.py``).
 
 * ``aggregate_anchors``: per row, project the concatenated anchors ``0..type`` with the
   type's weight from a ``PackedAggregation`` -- one launch for all rows of a cycle.
-* ``draft_head``: final RMSNorm + draft-vocabulary logits + greedy argmax (or warped q
-  and a sample), returning full-vocabulary ids.
+* ``draft_head``: final RMSNorm + draft-vocabulary logits + greedy argmax (or, given a
+  ``DraftSampling``, the logits handed to ``vllm_spd.verify.draft_proposal`` for the
+  warped q and a sample), returning full-vocabulary ids.
 
 The Triton modules (``aggregation_triton``, ``draft_head_triton``) are imported only
 when a CUDA tensor needs them.
@@ -20,19 +21,15 @@ from .aggregation import (
 )
 from .backend import ENV_BACKEND, resolve_backend
 from .draft_head import (
-    SAMPLING_EPS,
     DraftSampling,
     draft_head,
     draft_head_reference,
     draft_logits_reference,
     rms_norm_reference,
-    sample_draft,
-    warp_draft_probs,
 )
 
 __all__ = [
     "ENV_BACKEND",
-    "SAMPLING_EPS",
     "DraftSampling",
     "PackedAggregation",
     "aggregate_anchors",
@@ -43,6 +40,4 @@ __all__ = [
     "pack_aggregation_weights",
     "resolve_backend",
     "rms_norm_reference",
-    "sample_draft",
-    "warp_draft_probs",
 ]

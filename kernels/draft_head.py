@@ -8,11 +8,11 @@ to a full-vocabulary id through ``draft_token_ids[K]`` (int64, draft index -> to
   index, in the kernel and in the reference alike (``torch.argmax`` returns the first
   maximum).
 * Sampling: verification needs the draft distribution ``q`` over K, so the logits are
-  materialised (fused norm+matmul kernel on CUDA), then warped and sampled here in torch:
-  temperature, top-k, top-p, in that order (HF/vLLM semantics: top-k keeps ties at the
-  k-th value, top-p keeps the smallest set whose mass reaches ``top_p``, at least one
-  token).  Rows with ``temperature < SAMPLING_EPS`` are greedy rows: ``q`` is one-hot at
-  their argmax.  Returns ``(ids[R], q[R, K] fp32)``.
+  materialised (fused norm+matmul kernel on CUDA, the torch reference otherwise) and
+  handed to ``vllm_spd.verify.draft_proposal``, the project's one implementation of
+  vLLM's warping (temperature, min-p, top-k, top-p) and sampling.  Rows with
+  ``temperature < verify.SAMPLING_EPS`` are greedy rows: ``q`` is one-hot at their
+  argmax.  Returns ``(ids[R], q[R, K] fp32)``.
 
 The RMSNorm rounds like vLLM's: normalise in fp32, cast to the input dtype, multiply by
 the weight in that dtype; logits accumulate in fp32.
@@ -30,25 +30,26 @@ from typing import Optional
 
 import torch
 
-from .backend import resolve_backend
+from vllm_spd.verify import draft_proposal
 
-#: Same threshold as vLLM's sampler: below it a temperature means greedy.
-SAMPLING_EPS = 1e-5
+from .backend import resolve_backend
 
 
 @dataclass
 class DraftSampling:
     """Per-row (per-request) sampling parameters of the draft head.
 
-    ``top_k``/``top_p`` of ``None`` mean "off for every row" and skip the sort;
-    per row, ``top_k <= 0`` (or >= K) and ``top_p >= 1`` are off.  ``generators`` maps a
-    row to the ``torch.Generator`` of a seeded request (on the logits' device); other
-    rows draw from the default generator.
+    The fields are ``vllm_spd.verify.draft_proposal``'s arguments: ``None`` for
+    ``top_k``/``top_p``/``min_p`` means "off for every row"; per row, ``top_k <= 0``
+    (or >= K), ``top_p >= 1`` and ``min_p == 0`` are off.  ``generators`` maps a row to
+    the ``torch.Generator`` of a seeded request (on the logits' device); other rows draw
+    from the default generator.
     """
 
     temperature: torch.Tensor  # [R] float
     top_k: Optional[torch.Tensor] = None  # [R] int
     top_p: Optional[torch.Tensor] = None  # [R] float
+    min_p: Optional[torch.Tensor] = None  # [R] float
     generators: dict[int, torch.Generator] = field(default_factory=dict)
 
 
@@ -64,47 +65,11 @@ def draft_logits_reference(hidden: torch.Tensor, norm_weight: torch.Tensor, eps:
     return rms_norm_reference(hidden, norm_weight, eps).float() @ lm_head.float().t()
 
 
-def _top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
-                 top_p: Optional[torch.Tensor]) -> torch.Tensor:
-    """Set filtered logits to -inf (per-row k and p, no host sync)."""
-    num_cols = logits.shape[-1]
-    sorted_logits, order = logits.sort(dim=-1)  # ascending
-    if top_k is not None:
-        k = torch.where(top_k <= 0, num_cols, top_k).clamp(1, num_cols).long()
-        kth = sorted_logits.gather(1, (num_cols - k).unsqueeze(1))
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
-    if top_p is not None:
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum <= (1.0 - top_p.to(cum.dtype)).unsqueeze(1)
-        drop[:, -1] = False  # the most likely token always survives
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
-
-
-def warp_draft_probs(logits: torch.Tensor, sampling: DraftSampling) -> torch.Tensor:
-    """Draft distribution q ``[R, K]`` fp32 after temperature, top-k, top-p."""
-    logits = logits.float()
-    greedy = sampling.temperature < SAMPLING_EPS
-    temperature = torch.where(greedy, 1.0, sampling.temperature.float())
-    warped = logits / temperature.unsqueeze(1)
-    if sampling.top_k is not None or sampling.top_p is not None:
-        warped = _top_k_top_p(warped, sampling.top_k, sampling.top_p)
-    probs = warped.softmax(-1)
-    one_hot = torch.zeros_like(probs).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
-    return torch.where(greedy.unsqueeze(1), one_hot, probs)
-
-
-def sample_draft(q: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """One index per row drawn from ``q`` (exponential race: argmax q/E, E ~ Exp(1)).
-
-    The race needs no normalisation or cumsum and is exact; a one-hot row returns its
-    hot index.  Seeded rows draw their noise from their own generator, so a request's
-    draft does not depend on its batch neighbours.
-    """
-    noise = torch.empty_like(q).exponential_()
-    for row, gen in generators.items():
-        noise[row].exponential_(generator=gen)
-    return (q / noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax(-1)
+def _propose(logits: torch.Tensor, draft_token_ids: torch.Tensor,
+             sampling: DraftSampling) -> tuple[torch.Tensor, torch.Tensor]:
+    return draft_proposal(logits, draft_token_ids, sampling.temperature, top_k=sampling.top_k,
+                          top_p=sampling.top_p, min_p=sampling.min_p,
+                          generators=sampling.generators or None)
 
 
 def draft_head_reference(hidden, norm_weight, eps, lm_head, draft_token_ids,
@@ -113,8 +78,7 @@ def draft_head_reference(hidden, norm_weight, eps, lm_head, draft_token_ids,
     logits = draft_logits_reference(hidden, norm_weight, eps, lm_head)
     if sampling is None:
         return draft_token_ids[logits.argmax(-1)], None
-    q = warp_draft_probs(logits, sampling)
-    return draft_token_ids[sample_draft(q, sampling.generators)], q
+    return _propose(logits, draft_token_ids, sampling)
 
 
 def draft_head(
@@ -131,16 +95,10 @@ def draft_head(
     Example: K=3, ``draft_token_ids=[5, 17, 940]``, greedy logits ``[[0.1, 2.0, 2.0]]``
     -> ``(tensor([17]), None)`` (tie -> lowest draft index 1 -> token 17).
     """
-    use_triton = resolve_backend(hidden, backend) == "triton"
-    if use_triton:
-        from . import draft_head_triton as fused
+    if resolve_backend(hidden, backend) != "triton":
+        return draft_head_reference(hidden, norm_weight, eps, lm_head, draft_token_ids, sampling)
+    from . import draft_head_triton as fused
+
     if sampling is None:
-        if use_triton:
-            return fused.draft_greedy_triton(hidden, norm_weight, eps, lm_head, draft_token_ids), None
-        return draft_head_reference(hidden, norm_weight, eps, lm_head, draft_token_ids)
-    if use_triton:
-        logits = fused.draft_logits_triton(hidden, norm_weight, eps, lm_head)
-    else:
-        logits = draft_logits_reference(hidden, norm_weight, eps, lm_head)
-    q = warp_draft_probs(logits, sampling)
-    return draft_token_ids[sample_draft(q, sampling.generators)], q
+        return fused.draft_greedy_triton(hidden, norm_weight, eps, lm_head, draft_token_ids), None
+    return _propose(fused.draft_logits_triton(hidden, norm_weight, eps, lm_head), draft_token_ids, sampling)

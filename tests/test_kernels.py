@@ -34,10 +34,9 @@ from vllm_spd.kernels import (
     draft_logits_reference,
     pack_aggregation_weights,
     resolve_backend,
-    sample_draft,
-    warp_draft_probs,
 )
 from vllm_spd.kernels.aggregation import type_offset
+from vllm_spd.verify import target_probs
 
 ON_GPU = torch.cuda.is_available()
 _SET_INTERPRET = not ON_GPU and "triton" not in sys.modules
@@ -300,20 +299,36 @@ def test_draft_head_ties_pick_lowest_index(use_kernel):
 # --------------------------------------------------------------------------- sampling
 
 
-def test_warp_temperature_top_k_top_p_greedy():
-    logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]] * 4)
-    s = DraftSampling(temperature=torch.tensor([1.0, 1.0, 0.5, 0.0]),
-                      top_k=torch.tensor([2, 3, 0, 1]), top_p=torch.tensor([1.0, 1.0, 0.5, 1.0]))
-    q = warp_draft_probs(logits, s)
-    torch.testing.assert_close(q.sum(-1), torch.ones(4))
+def _logits_head(logits: torch.Tensor, rows: int):
+    """A head whose draft logits are exactly ``logits[K]`` for each of ``rows`` rows
+    (H=1, hidden 1, eps 0: the RMSNorm is the identity), so the sampling path of
+    ``draft_head`` can be driven with chosen logits."""
+    ids = torch.arange(logits.numel()) * 7 + 3
+    return torch.ones(rows, 1), torch.ones(1), 0.0, logits.float().reshape(-1, 1), ids
+
+
+def test_sampling_path_temperature_min_p_top_k_top_p_greedy():
+    """The per-row parameters reach the warping (``verify.draft_proposal``) row by row."""
+    hidden, norm_w, eps, lm_head, ids = _logits_head(torch.tensor([3.0, 1.0, 2.0, 2.0, 0.0]), 5)
+    s = DraftSampling(temperature=torch.tensor([1.0, 1.0, 0.5, 0.0, 1.0]),
+                      top_k=torch.tensor([2, 3, 0, 1, 0]), top_p=torch.tensor([1.0, 1.0, 0.5, 1.0, 1.0]),
+                      min_p=torch.tensor([0.0, 0.0, 0.0, 0.0, 0.3]))
+    assert torch.equal(draft_logits_reference(hidden, norm_w, eps, lm_head), lm_head.t().expand(5, -1))
+    got, q = draft_head(hidden, norm_w, eps, lm_head, ids, s)
+    assert q.shape == (5, 5) and q.dtype == torch.float32
+    torch.testing.assert_close(q.sum(-1), torch.ones(5))
     # top-k=2 keeps the tie at the k-th value (HF/vLLM): {0, 2, 3}; top-k=3 the same set.
     assert (q[0] > 0).tolist() == [True, False, True, True, False]
     torch.testing.assert_close(q[0], q[1])
     # T=0.5: p(0) = e^6 / (e^6 + 2 e^4 + e^2 + 1) ~ 0.78 >= top_p=0.5 -> only token 0.
     assert q[2].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert q[3].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]  # greedy row: one-hot at the argmax
-    plain = warp_draft_probs(logits[:1], DraftSampling(temperature=torch.tensor([2.0])))
-    torch.testing.assert_close(plain, (logits[:1] / 2).softmax(-1))
+    # min-p 0.3: p(x)/p(0) = e^(x-3) keeps 2, 2 (0.37) and drops 1 (0.14): the top-k=2 set.
+    torch.testing.assert_close(q[4], q[0])
+    assert got[2] == got[3] == ids[0]
+    assert bool((q.gather(1, torch.searchsorted(ids, got)[:, None]) > 0).all())
+    plain = draft_head(hidden[:1], norm_w, eps, lm_head, ids, DraftSampling(temperature=torch.tensor([2.0])))[1]
+    torch.testing.assert_close(plain, (lm_head.t() / 2).softmax(-1))
 
 
 def _chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -358,10 +373,26 @@ def test_seeded_sampling_reproducible_and_batch_independent():
     assert run([2], global_seed=7).item() == first[2].item()  # batch neighbours: no effect
 
 
-def test_sample_draft_one_hot_rows():
-    q = torch.zeros(3, 10)
-    q[0, 4] = q[1, 9] = q[2, 0] = 1.0
-    assert sample_draft(q, {}).tolist() == [4, 9, 0]
+@pytest.mark.parametrize("seeded", [False, True])
+def test_one_hot_rows_always_draw_their_token(seeded):
+    """Greedy rows and sampled rows whose warping leaves one token (top-k 1, min-p 1, a
+    top-p the top token covers) get a one-hot q at the argmax and draw it, every time;
+    greedy ties go to the lowest draft index."""
+    hidden, norm_w, eps, lm_head, ids = _logits_head(torch.tensor([0.5, 4.0, -1.0, 3.9, 2.0, 0.0]), 4 * 200)
+    reps = 200
+    s = DraftSampling(temperature=torch.tensor([0.0, 1.0, 1.0, 0.2] * reps),
+                      top_k=torch.tensor([0, 1, 0, 0] * reps), top_p=torch.tensor([1.0, 1.0, 1.0, 0.4] * reps),
+                      min_p=torch.tensor([0.0, 0.0, 1.0, 0.0] * reps),
+                      generators={r: torch.Generator().manual_seed(r) for r in range(4 * reps)} if seeded else {})
+    got, q = draft_head(hidden, norm_w, eps, lm_head, ids, s)
+    one_hot = torch.zeros(6)
+    one_hot[1] = 1.0
+    assert torch.equal(q, one_hot.expand(4 * reps, -1))
+    assert torch.equal(got, ids[1].expand(4 * reps))
+    # Greedy rows in a sampled batch: one-hot at the lowest tied index (1, not 3).
+    hidden, norm_w, eps, lm_head, ids = _logits_head(torch.tensor([0.5, 4.0, -1.0, 4.0, 2.0, 0.0]), 2)
+    got, q = draft_head(hidden, norm_w, eps, lm_head, ids, DraftSampling(temperature=torch.tensor([0.0, 1.0])))
+    assert q[0].tolist() == one_hot.tolist() and got[0] == ids[1]
 
 
 @needs_kernels
@@ -370,8 +401,12 @@ def test_sampling_path_kernel_logits_match_reference(dtype):
     hidden, norm_w, lm_head, ids = _head_case(100, 1001, 5, dtype)
     sampling = DraftSampling(temperature=torch.tensor([0.7, 0.0, 1.0, 1.3, 0.5], device=DEVICE),
                              top_k=torch.tensor([0, 5, 50, 0, 1000], device=DEVICE),
-                             top_p=torch.tensor([0.9, 1.0, 1.0, 0.5, 0.95], device=DEVICE))
-    q_ref = warp_draft_probs(draft_logits_reference(hidden, norm_w, 1e-6, lm_head), sampling)
+                             top_p=torch.tensor([0.9, 1.0, 1.0, 0.5, 0.95], device=DEVICE),
+                             min_p=torch.tensor([0.0, 0.0, 0.05, 0.0, 0.1], device=DEVICE))
+    ref_logits = draft_logits_reference(hidden, norm_w, 1e-6, lm_head)
+    q_ref = target_probs(ref_logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p)
+    torch.testing.assert_close(draft_head_reference(hidden, norm_w, 1e-6, lm_head, ids, sampling)[1], q_ref,
+                               rtol=0, atol=0)
     got_ids, q = draft_head(hidden, norm_w, 1e-6, lm_head, ids, sampling, backend="triton")
     assert q.shape == (5, 1001) and q.dtype == torch.float32
     torch.testing.assert_close(q, q_ref, rtol=0, atol=TOL[dtype])
