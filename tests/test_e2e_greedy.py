@@ -179,3 +179,20 @@ def test_chunked_prefill_mixed_with_decoding(tiny_qwen3, tmp_path):
         del llm
         gc.collect()
     assert_identical(*results)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_oracle_drafter_hits_its_alpha(tiny_qwen3, tiny_reference, alpha, tmp_path):
+    """The benchmark instrument: recorded greedy tokens proposed with probability alpha."""
+    from transformers import AutoTokenizer
+
+    from vllm_spd.oracle import save_recording
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    rec = str(tmp_path / "rec.json")
+    save_recording(rec, [tok.encode(p) for p in PROMPTS], tiny_reference)
+    out, counters = generate(tiny_qwen3, {"method": "spd", "num_stages": 3, "drafter": "oracle",
+                                          "oracle_tokens": rec, "oracle_alpha": alpha})
+    assert_identical(tiny_reference, out)
+    measured = counters["vllm:spec_decode_num_accepted_tokens"] / counters["vllm:spec_decode_num_draft_tokens"]
+    assert abs(measured - alpha) < 0.06, measured

@@ -36,10 +36,16 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     num_stages: int = Field(default=2, ge=1)
     """Pipeline stages the target's decoder layers are split into; tokens of one
     sequence in flight at once. With this many GPUs each stage gets its own."""
-    drafter: Literal["auto", "head", "ngram"] = "auto"
+    drafter: Literal["auto", "head", "ngram", "oracle"] = "auto"
     """Where drafts come from. ``head``: a Pipeline Draft Module (``model`` or the
     default head location); ``ngram``: prompt lookup over the request's own tokens,
-    needs no weights; ``auto``: a head when one is found, else ngram with a warning."""
+    needs no weights; ``auto``: a head when one is found, else ngram with a warning;
+    ``oracle``: benchmark instrument, see ``oracle_tokens``."""
+    oracle_tokens: str | None = None
+    """Benchmarks only (drafter='oracle'): JSON of recorded greedy outputs
+    (``vllm_spd.oracle.save_recording``); drafts are right with probability ``oracle_alpha``."""
+    oracle_alpha: float = Field(default=1.0, ge=0, le=1)
+    """Per-draft acceptance the oracle drafter produces at temperature 0."""
     cycles_per_step: int | None = Field(default=None, ge=1)
     """SPD cycles one engine step may run, i.e. the most tokens a request commits per
     step (default ``2 * num_stages``; at least ``num_stages`` so every step commits)."""
@@ -88,6 +94,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
 SPD_KEYS = frozenset(
     {"method", "num_stages", "model", "drafter", "cycles_per_step", "stage_placement",
      "stage_layers", "ngram_max", "ngram_min", "log_interval_s", "num_speculative_tokens",
+     "oracle_tokens", "oracle_alpha",
      "enforce_eager"}
 )
 
@@ -162,6 +169,11 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[
     drafter = spec.get("drafter", "auto")
     num_stages = int(spec.get("num_stages", 2))
     head = spec.get("model")
+    if drafter == "oracle":
+        if not spec.get("oracle_tokens"):
+            raise ValueError("spd: drafter='oracle' (a benchmark instrument) needs oracle_tokens, "
+                             "a recording of the target's greedy outputs")
+        return "oracle", None
     if drafter == "ngram":
         if head is not None:
             raise ValueError("spd: drafter='ngram' takes no model; drop 'model' or use drafter='head'")

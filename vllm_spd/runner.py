@@ -369,6 +369,14 @@ class SPDRunnerMixin:
 
     def _spd_draft(self, active: list[SPDRequest], index, limit) -> list[int | None]:
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
+        if self.spd_cfg.drafter == "oracle":
+            if not hasattr(self, "spd_oracle"):
+                from vllm_spd.oracle import OracleDrafter
+
+                self.spd_oracle = OracleDrafter.from_file(self.spd_cfg.oracle_tokens, self.spd_cfg.oracle_alpha,
+                                                          self.model_config.get_vocab_size())
+            return [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
+                    if w else None for req, w in zip(active, wants)]
         if self.spd_pdm is None:
             return [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
         return self._spd_pdm_draft(active, index, wants)
