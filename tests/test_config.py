@@ -38,6 +38,8 @@ def test_spd_config_accepted(tiny_qwen3):
     assert cfg.scheduler_config.scheduler_cls == "vllm_spd.scheduler.SPDScheduler"
     assert cfg.parallel_config.pipeline_parallel_size == 1   # CPU: all stages in one worker
     assert not cfg.cache_config.enable_prefix_caching
+    assert "speculative method 'spd'" in cfg._get_v2_model_runner_unsupported_features()
+    assert not cfg.use_v2_model_runner
 
 
 def test_defaults_and_head(tiny_qwen3, head2):

@@ -53,7 +53,10 @@ def register() -> None:
 
     _wrap(EngineArgs, "create_engine_config", _create_engine_config)
     _wrap(EngineArgs, "create_speculative_config", _create_speculative_config)
+    from vllm.config import VllmConfig
     from vllm.v1.engine.input_processor import InputProcessor
+
+    _wrap(VllmConfig, "_get_v2_model_runner_unsupported_features", _v2_unsupported)
 
     _wrap(InputProcessor, "_validate_params", _validate_params)
     _registered = True
@@ -126,10 +129,10 @@ def _create_engine_config(original, self, *args, **kwargs):
     if self.enable_prefix_caching:
         logger.info("spd: prefix caching is turned off (the draft module needs every prompt position)")
     self.enable_prefix_caching = False
-    # The V1 model runner is the one SPD extends; make every process agree on it.
-    if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", "false", "False"):
+    # SPD extends the V1 model runner; an spd config lists itself as unsupported by
+    # V2 (see _v2_unsupported), unless the user forces V2, which cannot work.
+    if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").lower() in ("1", "true"):
         raise ValueError("spd: VLLM_USE_V2_MODEL_RUNNER=1 is not supported with spd; unset it")
-    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     return original(self, *args, **kwargs)
 
 
@@ -152,3 +155,12 @@ def _validate_params(original, self, params, *args, **kwargs):
     if isinstance(params, SamplingParams) and is_spd(self.vllm_config.speculative_config):
         check_sampling_params(params)
     return original(self, params, *args, **kwargs)
+
+
+def _v2_unsupported(original, self, *args, **kwargs):
+    from vllm_spd.config import is_spd
+
+    unsupported = original(self, *args, **kwargs)
+    if is_spd(self.speculative_config):
+        unsupported.append("speculative method 'spd'")
+    return unsupported
