@@ -18,3 +18,29 @@ demo: setup
 
 clean-models:
 	rm -rf $${HOME}/.cache/vllm_spd
+
+# `make head`: the draft heads of the embedded SmolLM2-135M-Instruct for num_stages 2 and 4,
+# trained on CPU (~13 min of generation, ~35 min of training on 1 thread) and written to the
+# default head location ($VLLM_SPD_CACHE/heads/<target dir with / -> -->/s<n>), where
+# `make demo` finds them. Prompts: vllm_spd.train.prompts (never MT-Bench/HumanEval);
+# data: SmolLM2's own greedy answers to the first 800 of them (self-distillation).
+# Results: benchmarks/results/acceptance_smollm2_s{2,4}.json, see benchmarks/README.md.
+HEAD_TRAIN_ARGS = --draft-layers 1 --draft-vocab-size 8192 --max-length 384 --batch-size 4 --lr 1e-3 \
+	--eval-every 50 --eval-fraction 0.03 --log-every 5 --seed 0 --no-progress
+
+.PHONY: head
+head: setup
+	@set -e; \
+	target=$$($(PY) -m vllm_spd.offline_models smollm2); \
+	work=$$($(PY) -c 'from vllm_spd import envs; print(envs.cache_dir())')/head_data; \
+	mkdir -p $$work; \
+	$(PY) -m vllm_spd.train.prompts --out $$work/prompts.jsonl --num 3000 --seed 0; \
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=4 $(PY) -m vllm_spd.train.data --target $$target \
+		--prompts $$work/prompts.jsonl --num 800 --max-tokens 192 --dtype float32 --out $$work/generated.jsonl; \
+	for spec in 2:200 4:240; do \
+		n=$${spec%%:*}; steps=$${spec##*:}; \
+		out=$$($(PY) -c 'import sys; from vllm_spd.checkpoint import default_head_dirs; print(default_head_dirs(sys.argv[1], int(sys.argv[2]))[-1])' $$target $$n); \
+		rm -rf $$out; \
+		$(PY) -m vllm_spd.train --target $$target --num-stages $$n --steps $$steps --data $$work/generated.jsonl \
+			--out $$out $(HEAD_TRAIN_ARGS); \
+	done

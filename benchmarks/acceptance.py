@@ -1,0 +1,181 @@
+"""SPD acceptance inside vLLM: per-draft alpha, tokens per cycle, ideal speedup.
+
+    python benchmarks/acceptance.py --target DIR --head DIR --num-stages 4 \\
+        --prompts mt_bench.jsonl humaneval.jsonl --limit 40 --max-tokens 128 --out result.json
+
+Prompts are EAGLE-style JSONL (``{"turns": [...]}``, first turn used), sent through
+``llm.chat`` (the target's chat template). One in-process engine runs every file at every
+temperature (default 0 and 1); numbers are differences of counters before and after
+each run:
+
+- ``alpha`` = accepted / drafts from vLLM's spec-decode counters (SPD reports one draft
+  per verification, so this is the per-draft acceptance);
+- ``cycles``: SPD cycles summed over requests, counted by the worker (the scheduler's
+  ``_spd_totals``). If those are unreachable (multi-process engine), the model
+  ``accepted + n*rejected + (n-1)*requests`` is used (accept = 1 cycle, reject = the
+  corrected token plus n-1 empty cycles, n-1 fill cycles after the prompt) and
+  ``cycles_source`` says "model";
+- ``tokens_per_cycle`` = output tokens / cycles, where output tokens include the first
+  token, sampled at the end of prefill (the reference's ``acceptance_rate``);
+  ``n_x_tokens_per_cycle`` is the speedup that implies when one cycle costs 1/n of a
+  plain decode step;
+- ``ideal_speedup`` = n / (1 + (n-1)(1-alpha)), the steady-state model.
+
+Wall times here run every stage in one CPU worker: they show cost, not speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+
+
+def load_prompts(path: str, limit: int | None) -> list[str]:
+    """First turn of every record; ``limit`` takes evenly spaced records (MT-Bench is
+    ordered by category, so the first K would cover only a few categories)."""
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if limit and limit < len(records):
+        records = [records[i * len(records) // limit] for i in range(limit)]
+    return [r["turns"][0] for r in records]
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__}
+
+
+def counters(llm) -> dict:
+    """vLLM's spec-decode counters plus the SPD worker's totals when reachable."""
+    out = {"drafts": 0.0, "accepted": 0.0}
+    for m in llm.get_metrics():
+        if m.name == "vllm:spec_decode_num_draft_tokens":
+            out["drafts"] += m.value
+        elif m.name == "vllm:spec_decode_num_accepted_tokens":
+            out["accepted"] += m.value
+    try:  # in-process engine only (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+        totals = llm.llm_engine.engine_core.engine_core.scheduler._spd_totals
+        out.update(zip(("cycles", "verified", "spd_accepted", "committed"), totals))
+    except AttributeError:
+        pass
+    return out
+
+
+def measure(llm, prompts: list[str], temperature: float, max_tokens: int, n: int, seed: int) -> dict:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    before = counters(llm)
+    start = time.perf_counter()
+    outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
+    wall = time.perf_counter() - start
+    after = counters(llm)
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    drafts, accepted = int(d["drafts"]), int(d["accepted"])
+    alpha = accepted / drafts if drafts else float("nan")
+    if "cycles" in d:
+        cycles, source = int(d["cycles"]), "worker"
+    else:
+        cycles, source = accepted + n * (drafts - accepted) + (n - 1) * len(prompts), "model"
+    return {
+        "temperature": temperature, "prompts": len(prompts), "output_tokens": tokens,
+        "drafts": drafts, "accepted": accepted, "alpha": alpha,
+        "cycles": cycles, "cycles_source": source,
+        "model_cycles": accepted + n * (drafts - accepted) + (n - 1) * len(prompts),
+        "tokens_per_cycle": tokens / cycles if cycles else float("nan"),
+        "n_x_tokens_per_cycle": n * tokens / cycles if cycles else float("nan"),
+        "ideal_speedup": n / (1 + (n - 1) * (1 - alpha)) if drafts else float("nan"),
+        "wall_s": round(wall, 2), "output_tok_per_s": round(tokens / wall, 1),
+    }
+
+
+def head_summary(head: str | None) -> dict | None:
+    if not head:
+        return None
+    from vllm_spd import checkpoint
+
+    cfg = checkpoint.read_config(head)
+    prov = cfg.provenance
+    return {"path": os.path.abspath(head), "trained": cfg.trained, "anchors": cfg.anchors,
+            "draft_layers": cfg.num_draft_layers, "draft_vocab_size": cfg.draft_vocab_size,
+            "final_eval_accuracy": prov.get("final_eval_accuracy"), "train_examples": prov.get("train_examples"),
+            "steps": prov.get("steps")}
+
+
+def print_table(result: dict) -> None:
+    n = result["num_stages"]
+    print(f"\nSPD n={n}, drafter={result['drafter']}, max_tokens={result['max_tokens']}, "
+          f"target={os.path.basename(result['target'].rstrip('/'))}")
+    head = ("file", "T", "prompts", "tokens", "alpha", "tok/cycle", f"{n}*tok/cycle", "ideal", "wall s")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in result["results"]:
+        print(f"| {r['file']} | {r['temperature']:g} | {r['prompts']} | {r['output_tokens']} | {r['alpha']:.3f} | "
+              f"{r['tokens_per_cycle']:.3f} | {r['n_x_tokens_per_cycle']:.2f} | {r['ideal_speedup']:.2f} | "
+              f"{r['wall_s']:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                       "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+        os.environ.setdefault(key, value)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", required=True, help="target model directory")
+    p.add_argument("--head", default=None, help="draft head directory (default: the default head location)")
+    p.add_argument("--drafter", choices=["head", "ngram"], default="head")
+    p.add_argument("--num-stages", type=int, required=True)
+    p.add_argument("--prompts", nargs="+", required=True, help="JSONL files with {'turns': [...]}")
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None, help="evenly spaced prompts per file")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="result JSON")
+    a = p.parse_args(argv)
+    if a.drafter == "ngram" and a.head:
+        p.error("--drafter ngram takes no --head")
+
+    from vllm import LLM, __version__ as vllm_version
+
+    spec = {"method": "spd", "num_stages": a.num_stages, "drafter": a.drafter}
+    if a.head:
+        spec["model"] = a.head
+    start = time.perf_counter()
+    llm = LLM(model=a.target, dtype="float32", enforce_eager=True, max_model_len=a.max_model_len, seed=a.seed,
+              speculative_config=spec, disable_log_stats=False)
+    head = llm.llm_engine.vllm_config.speculative_config.model if a.drafter == "head" else None
+    result = {"target": os.path.abspath(a.target), "drafter": a.drafter, "head": head_summary(head),
+              "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "dtype": "float32",
+              "vllm": vllm_version, "hardware": hardware(), "results": []}
+    for path in a.prompts:
+        prompts = load_prompts(path, a.limit)
+        for t in a.temperature:
+            r = measure(llm, prompts, t, a.max_tokens, a.num_stages, a.seed)
+            result["results"].append({"file": os.path.basename(path), **r})
+    result["wall_s_total"] = round(time.perf_counter() - start, 1)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print_table(result)
+    print(f"wrote {a.out} ({result['wall_s_total']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
