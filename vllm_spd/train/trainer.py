@@ -272,6 +272,10 @@ class Trainer:
             self.sched.load_state_dict(st["scheduler"])
             self.step, self.elapsed, self.history = st["step"], st["elapsed"], st["history"]
             self.vocab_info = st["vocab_info"]
+            # Entries logged after the last checkpoint belong to the interrupted run:
+            # the log restarts from the checkpoint's history.
+            with open(os.path.join(self.out, LOG_FILE), "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in self.history)
             logger.info("resumed at step %d", self.step)
 
     def check_resume(self):
