@@ -6,8 +6,6 @@ import os
 SKIP_VERSION_CHECK_VAR = "VLLM_SPD_SKIP_VERSION_CHECK"
 #: Where offline-built models and default heads are cached.
 CACHE_DIR_VAR = "VLLM_SPD_CACHE"
-#: Force the torch reference path of every vllm_spd kernel.
-FORCE_TORCH_KERNELS_VAR = "VLLM_SPD_TORCH_KERNELS"
 
 
 def skip_version_check() -> bool:
@@ -17,10 +15,3 @@ def skip_version_check() -> bool:
 def cache_dir() -> str:
     return os.environ.get(CACHE_DIR_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "vllm_spd")
 
-
-def allowed_vllm_plugins() -> list[str] | None:
-    """vLLM's ``VLLM_PLUGINS`` allow-list, parsed the way vLLM parses it (None = all)."""
-    value = os.environ.get("VLLM_PLUGINS")
-    if value is None:
-        return None
-    return value.split(",")

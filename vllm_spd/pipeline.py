@@ -119,10 +119,6 @@ class RequestPipeline:
         self.window = [InFlight(target_pos, token, 0)]
         return CycleOutcome([token], verified=cand is not None, accepted=False)
 
-    def max_written_pos(self) -> int:
-        """Highest position whose KV some stage has written (or is about to)."""
-        return max(e.pos for e in self.window)
-
 
 class CommitGate:
     """Stops a request's commits exactly where vLLM's scheduler will stop it.
