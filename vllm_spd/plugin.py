@@ -26,9 +26,7 @@ logger = logging.getLogger("vllm_spd")
 REQUIRED_VLLM = "0.32.0"
 _registered = False
 
-#: One stage per pipeline-parallel rank is not implemented yet; until it is, an
-#: "auto" placement keeps every stage in one worker.
-MULTI_RANK_STAGES_READY = False
+PP_PARTITION_VAR = "VLLM_PP_LAYER_PARTITION"
 
 
 def check_vllm_version(found: str) -> None:
@@ -57,6 +55,7 @@ def register() -> None:
     from vllm.v1.engine.input_processor import InputProcessor
 
     _wrap(VllmConfig, "_get_v2_model_runner_unsupported_features", _v2_unsupported)
+    _wrap_property(VllmConfig, "max_concurrent_batches", _max_concurrent_batches)
 
     _wrap(InputProcessor, "_validate_params", _validate_params)
     _registered = True
@@ -74,6 +73,18 @@ def _wrap(cls, name: str, replacement) -> None:
 
     wrapper._spd_wrapped = True
     setattr(cls, name, wrapper)
+
+
+def _wrap_property(cls, name: str, replacement) -> None:
+    original = getattr(cls, name)
+    if getattr(original.fget, "_spd_wrapped", False):
+        return
+
+    def fget(self):
+        return replacement(original.fget, self)
+
+    fget._spd_wrapped = True
+    setattr(cls, name, property(fget, doc=original.__doc__))
 
 
 def _visible_gpus() -> int:
@@ -98,19 +109,13 @@ def _create_engine_config(original, self, *args, **kwargs):
     gpus = _visible_gpus()
     pp = spd_config.decide_pipeline_size(num_stages, placement, self.pipeline_parallel_size, gpus)
     spd_config.check_parallel(num_stages, pp, self.tensor_parallel_size)
-    if pp > 1 and not MULTI_RANK_STAGES_READY:
-        if placement == "auto" and self.pipeline_parallel_size == 1:
-            pp = 1
-        else:
-            raise ValueError(
-                f"spd: one stage per pipeline rank (pipeline_parallel_size={pp}) is not "
-                "implemented yet in this vllm_spd; use stage_placement='single_worker'"
-            )
     self.pipeline_parallel_size = pp
     if pp == 1:
         logger.warning(
             "spd: all %d stages run in one worker, one after another: output is exact but "
             "there is no speedup (that needs %d GPUs, one per stage)", num_stages, num_stages)
+    elif self.distributed_executor_backend is None:
+        self.distributed_executor_backend = "mp"
 
     is_cpu = current_platform.is_cpu()
     worker = "vllm_spd.worker.SPDCPUWorker" if is_cpu else "vllm_spd.worker.SPDWorker"
@@ -143,7 +148,14 @@ def _create_speculative_config(original, self, target_model_config, target_paral
     if not spd_config.is_spd(spec):
         return original(self, target_model_config, target_parallel_config)
     spd_config.check_keys(spec)
-    return spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)
+    cfg = spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)
+    found = os.environ.get(PP_PARTITION_VAR)
+    if target_parallel_config.pipeline_parallel_size > 1 and cfg.stage_layers and found:
+        # The workers set this variable from stage_layers (vllm_spd.worker); a different
+        # value set by the user would split the layers differently from the stages.
+        if found.replace(" ", "") != ",".join(str(c) for c in cfg.stage_layers):
+            raise ValueError(f"spd: {PP_PARTITION_VAR}={found} conflicts with stage_layers {cfg.stage_layers}")
+    return cfg
 
 
 def _validate_params(original, self, params, *args, **kwargs):
@@ -155,6 +167,14 @@ def _validate_params(original, self, params, *args, **kwargs):
     if isinstance(params, SamplingParams) and is_spd(self.vllm_config.speculative_config):
         check_sampling_params(params)
     return original(self, params, *args, **kwargs)
+
+
+def _max_concurrent_batches(original, self) -> int:
+    """One step in flight: an SPD step already keeps a request's stages busy, and the
+    next step needs its committed tokens."""
+    from vllm_spd.config import is_spd
+
+    return 1 if is_spd(self.speculative_config) else original(self)
 
 
 def _v2_unsupported(original, self, *args, **kwargs):

@@ -14,7 +14,13 @@ Committed tokens go back through vLLM's spec-decode accounting (the scheduler
 schedules ``1 + (C-1)`` placeholder tokens and rolls back the unused ones), so the
 scheduler's ``num_computed_tokens`` stays the committed frontier. In-flight tokens
 past it live only here; their KV slots are rewritten before anything reads them.
-This module runs every stage in one worker, stage after stage.
+
+Placement: with one worker, every stage runs here, stage after stage (exact, no
+speedup). With one stage per pipeline-parallel rank, every rank runs this same loop
+in lockstep on identical copies of the request pipelines; each runs only its own
+stage, and :class:`~vllm_spd.stage_link.StageLink` moves stage outputs and anchors
+between ranks. The *controller* (last stage) drafts, verifies and broadcasts each
+cycle's drafts and verdicts; the others apply them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from vllm_spd import layout as layout_mod
 from vllm_spd import verify
 from vllm_spd.ngram import propose_ngram
 from vllm_spd.pipeline import CommitGate, RequestPipeline
+from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
 from vllm_spd.staged import Chunk, SliceRunner
 
 logger = logging.getLogger("vllm_spd")
@@ -127,6 +134,16 @@ class SPDRunnerMixin:
         self.spd_cfg = spd_cfg
         self.spd_requests: dict[str, SPDRequest] = {}
         self.spd_pdm = None
+        self.spd_link: StageLink | None = None
+        self.spd_embedding: torch.Tensor | None = None
+
+    @property
+    def spd_is_controller(self) -> bool:
+        """Drafts and verifies: the only worker, or the last stage's rank."""
+        return self.spd_link is None or self.spd_link.is_controller
+
+    def _spd_stages_here(self) -> list[int]:
+        return list(range(self.spd_layout.num_stages)) if self.spd_link is None else [self.spd_link.stage]
 
     # -- model loading -----------------------------------------------------------
     def load_model(self, *args, **kwargs) -> None:
@@ -145,8 +162,17 @@ class SPDRunnerMixin:
         self.spd_layout = layout_mod.StageLayout.build(
             hf.num_hidden_layers, self.spd_cfg.num_stages, anchors, self.spd_cfg.stage_layers)
         layer_names = {i: tm.layers[i].self_attn.attn.layer_name for i in range(tm.start_layer, tm.end_layer)}
+        from vllm.distributed import get_pp_group
+
+        pp = get_pp_group()
+        if pp.world_size > 1:
+            self.spd_link = StageLink(pp, self.device)
+            mine = self.spd_layout.ranges[pp.rank_in_group]
+            if mine != (tm.start_layer, tm.end_layer):
+                raise RuntimeError(f"spd: stage {pp.rank_in_group} should own layers {mine} but this pipeline "
+                                   f"rank holds [{tm.start_layer}, {tm.end_layer})")
         extra = []
-        if head_cfg is not None:
+        if head_cfg is not None and self.spd_is_controller:
             from vllm_spd.pdm import PipelineDraftModule
 
             with set_current_vllm_config(self.vllm_config):
@@ -158,6 +184,13 @@ class SPDRunnerMixin:
             pdm.eval()
             self.spd_pdm = pdm
             extra = pdm.attention_layer_names
+            from vllm.model_executor.models.utils import PPMissingLayer
+
+            if isinstance(tm.embed_tokens, PPMissingLayer):
+                from vllm_spd.target_weights import load_target_embedding
+
+                self.spd_embedding = load_target_embedding(self.vllm_config.load_config, self.model_config,
+                                                           self.device)
             logger.info("spd: loaded draft head %s (%d draft layers, %d draft tokens, anchors %s)",
                         self.spd_cfg.model, head_cfg.num_draft_layers, head_cfg.draft_vocab_size, head_cfg.anchors)
         self.spd_slices = SliceRunner(self, layer_names, extra)
@@ -213,6 +246,7 @@ class SPDRunnerMixin:
         batch = self.input_batch
         model = self.get_model()
         tm = model.model
+        link = self.spd_link
         chunks, finishing = [], []
         for idx, req_id, num_sched in work:
             start = int(batch.num_computed_tokens_cpu[idx])
@@ -220,75 +254,138 @@ class SPDRunnerMixin:
             end = min(start + num_sched, total)
             chunks.append(Chunk(idx, start, end - start))
             finishing.append(end >= total)
-        ids = torch.from_numpy(np.concatenate(
-            [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
         lay = self.spd_layout
-        hidden = tm.embed_input_ids(ids)
-        anchors = {0: hidden} if 0 in lay.anchors else {}
+        stages = self._spd_stages_here()
+        first, last = lay.ranges[stages[0]][0], lay.ranges[stages[-1]][1]
+        num_tokens = sum(c.num_tokens for c in chunks)
+        anchors = {}
+        if first == 0:
+            ids = torch.from_numpy(np.concatenate(
+                [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
+            hidden, residual = tm.embed_input_ids(ids), None
+            if 0 in lay.anchors:
+                anchors[0] = hidden
+        else:
+            x = link.recv((2, num_tokens, self.spd_hidden_size), self.spd_dtype, link.stage - 1, TAG_STAGE)
+            hidden, residual = x[0], x[1]
         hidden, residual, caught = self.spd_slices.run_layers(
-            tm.layers, 0, lay.num_layers, chunks, hidden, None, capture=set(lay.anchors))
+            tm.layers, first, last, chunks, hidden, residual, capture=set(lay.anchors))
         anchors.update(caught)
-        if self.spd_pdm is not None:
+        if not self.spd_is_controller:
+            link.send(torch.stack([hidden, residual]), link.stage + 1, TAG_STAGE)
+            if self.spd_cfg.drafter == "head":
+                link.send(self._spd_anchor_stack(anchors), link.controller, TAG_ANCHORS)
+        elif self.spd_pdm is not None:
+            if link is not None:
+                for stage in range(link.controller):
+                    ks = self._spd_sent_anchors(stage)
+                    got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage, TAG_ANCHORS)
+                    anchors.update(zip(ks, got))
+            if 0 in lay.anchors and 0 not in anchors:
+                anchors[0] = self._spd_embed(torch.from_numpy(np.concatenate(
+                    [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device))
             stack = torch.stack([anchors[k] for k in lay.anchors])
             types = torch.full((stack.shape[1],), lay.depth_to_type[-1], device=self.device)
             self._pdm_forward(chunks, stack, types)
-        ends = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
-        last = [int(ends[i]) for i, f in enumerate(finishing) if f]
-        committed = {}
-        if last:
-            normed, _ = tm.norm(hidden[last], residual[last])
+        todo = [(w, c) for (w, c, f) in zip(work, chunks, finishing) if f]
+        reqs = [self._spd_new_request(req_id, c.start + c.num_tokens) for (_, req_id, _), c in todo]
+        tokens = None
+        if self.spd_is_controller and todo:
+            ends = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
+            rows = [int(ends[i]) for i, f in enumerate(finishing) if f]
+            normed, _ = tm.norm(hidden[rows], residual[rows])
             logits = model.compute_logits(normed).float()
-            todo = [(w, c) for (w, c, f) in zip(work, chunks, finishing) if f]
-            reqs = []
-            for (idx, req_id, _), chunk in todo:
-                pos = chunk.start + chunk.num_tokens
-                state = self.requests[req_id]
-                sp = state.sampling_params
-                req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
-                                 RequestSampling.from_params(sp, state.generator))
-                stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
-                req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
-                                      int(sp.max_tokens or 1 << 62), len(state.output_token_ids))
-                reqs.append(req)
             self._spd_apply_min_tokens(logits, reqs)
-            tokens = sample_target(logits, [r.sampling for r in reqs])
-            for ((idx, req_id, _), _), req, token in zip(todo, reqs, tokens.tolist()):
-                req.pipe.newest.token = token
-                self.spd_requests[req_id] = req
-                committed[req_id] = self._spd_commit(idx, req, [token])
+            tokens = sample_target(logits, [r.sampling for r in reqs]).tolist()
+        if link is not None:
+            tokens = link.broadcast_control(tokens, len(todo))
+            link.wait_sends()
+        committed = {}
+        for ((idx, req_id, _), _), req, token in zip(todo, reqs, tokens or []):
+            req.pipe.newest.token = token
+            self.spd_requests[req_id] = req
+            committed[req_id] = self._spd_commit(idx, req, [token])
         return committed
+
+    def _spd_new_request(self, req_id: str, pos: int) -> SPDRequest:
+        state = self.requests[req_id]
+        sp = state.sampling_params
+        req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
+                         RequestSampling.from_params(sp, state.generator))
+        stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
+        req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
+                              int(sp.max_tokens or 1 << 62), len(state.output_token_ids))
+        return req
+
+    @property
+    def spd_hidden_size(self) -> int:
+        return self.model_config.hf_text_config.hidden_size
+
+    @property
+    def spd_dtype(self) -> torch.dtype:
+        return self.model_config.dtype
+
+    def _spd_sent_anchors(self, stage: int) -> list[int]:
+        """Anchors ``stage`` sends to the controller (anchor 0 it embeds itself)."""
+        return [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0]
+
+    def _spd_anchor_stack(self, anchors: dict) -> torch.Tensor:
+        ks = self._spd_sent_anchors(self.spd_link.stage)
+        if not ks:
+            return torch.empty(0, device=self.device, dtype=self.spd_dtype)
+        return torch.stack([anchors[k] for k in ks])
+
+    def _spd_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (anchor 0); the controller of an untied target keeps a copy."""
+        if self.spd_embedding is not None:
+            return torch.nn.functional.embedding(ids, self.spd_embedding)
+        return self.get_model().model.embed_input_ids(ids)
 
     # -- decode cycles -----------------------------------------------------------------
     def _spd_decode(self, work, stats) -> dict[str, list[int]]:
-        batch = self.input_batch
         committed = {req_id: [] for _, req_id, _ in work}
         budget = {}
         limit = {}
         for idx, req_id, num_sched in work:
-            req = self.spd_requests[req_id]
             budget[req_id] = num_sched
             blocks = len(self.requests[req_id].block_ids[0])
             limit[req_id] = min(self.max_model_len, blocks * self.cache_config.block_size)
             stats[req_id] = StepStats()
         index = {req_id: idx for idx, req_id, _ in work}
+        link = self.spd_link
         for _ in range(self.spd_cfg.cycles_per_step):
             active = [self.spd_requests[r] for r in committed
                       if not self.spd_requests[r].gate.stopped and len(committed[r]) < budget[r]]
             if not active:
                 break
-            drafts = self._spd_draft(active, index, limit)
-            self._spd_run_stages(active, index, limit)
-            for req, draft in zip(active, drafts):
-                req.pipe.advance(draft)
+            # Who runs what this cycle, decided before anything moves (same on every rank).
+            plan = [(req, stage, e) for req in active for stage, e in req.pipe.stage_work(limit[req.req_id])]
+            drafts = self._spd_draft(active, index, limit) if self.spd_is_controller else None
+            self._spd_run_stages(plan, index)
+            verdicts = None
+            if self.spd_is_controller:
+                for req, draft in zip(active, drafts):
+                    req.pipe.advance(draft)
+                verdicts = self._spd_judge(active)
+            if link is not None:
+                drafts, verdicts = self._spd_exchange(active, drafts, verdicts)
+                if not link.is_controller:
+                    for req, draft in zip(active, drafts):
+                        req.pipe.advance(draft)
+            for req in active:
                 stats[req.req_id].cycles += 1
-            self._spd_verify(active, index, committed, stats)
+            self._spd_apply(active, verdicts, index, committed, stats)
+            if link is not None:
+                self._spd_receive(plan)
         return committed
 
-    def _spd_run_stages(self, active: list[SPDRequest], index, limit) -> None:
+    def _spd_run_stages(self, plan, index) -> None:
         lay = self.spd_layout
         tm = self.get_model().model
-        for stage, (first, last) in enumerate(lay.ranges):
-            work = [(req, e) for req in active for s, e in req.pipe.stage_work(limit[req.req_id]) if s == stage]
+        link = self.spd_link
+        for stage in self._spd_stages_here():
+            first, last = lay.ranges[stage]
+            work = [(req, e) for req, s, e in plan if s == stage]
             if not work:
                 continue
             chunks = [Chunk(index[req.req_id], e.pos, 1) for req, e in work]
@@ -301,32 +398,89 @@ class SPDRunnerMixin:
             capture = set(lay.anchors_of_stage(stage))
             hidden, residual, caught = self.spd_slices.run_layers(
                 tm.layers, first, last, chunks, hidden, residual, capture)
+            if link is not None and not link.is_controller:
+                link.send(torch.stack([hidden, residual]), stage + 1, TAG_STAGE)
+                if self.spd_cfg.drafter == "head":
+                    link.send(self._spd_anchor_stack(caught), link.controller, TAG_ANCHORS)
+                continue
             if stage == 0 and 0 in capture:
-                caught[0] = tm.embed_input_ids(torch.tensor([e.token for _, e in work], device=self.device))
+                caught[0] = self._spd_embed(torch.tensor([e.token for _, e in work], device=self.device))
             for row, (req, e) in enumerate(work):
                 req.carry[e.pos] = (hidden[row], residual[row])
                 if self.spd_pdm is not None:
                     req.anchors.setdefault(e.pos, {}).update({k: v[row] for k, v in caught.items()})
 
-    def _spd_verify(self, active, index, committed, stats) -> None:
+    def _spd_receive(self, plan) -> None:
+        """After the cycle: stage s takes what stage s-1 ran (its work next cycle), the
+        controller the anchors of every stage; rows of dropped tokens are discarded."""
+        link = self.spd_link
+        H, dtype = self.spd_hidden_size, self.spd_dtype
+
+        def rows_of(stage):
+            return [(req, e) for req, s, e in plan if s == stage]
+
+        def alive(req, e):
+            return any(x is e for x in req.pipe.window)
+
+        if link.stage > 0:
+            rows = rows_of(link.stage - 1)
+            if rows:
+                x = link.recv((2, len(rows), H), dtype, link.stage - 1, TAG_STAGE)
+                for row, (req, e) in enumerate(rows):
+                    if alive(req, e):
+                        req.carry[e.pos] = (x[0, row], x[1, row])
+        if link.is_controller and self.spd_pdm is not None:
+            for stage in range(link.controller):
+                rows, ks = rows_of(stage), self._spd_sent_anchors(stage)
+                if not rows:
+                    continue
+                x = link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS) if ks else None
+                for row, (req, e) in enumerate(rows):
+                    if alive(req, e) and ks:
+                        req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
+        link.wait_sends()
+
+    def _spd_judge(self, active) -> list[tuple[bool, int] | None]:
+        """Controller: verify every completing token's successor; None where nothing completes."""
         done = [(req, req.pipe.completing()) for req in active]
         done = [(req, e) for req, e in done if e is not None]
-        if not done:
-            return
-        model = self.get_model()
-        hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
-        residual = torch.stack([req.carry[e.pos][1] for req, e in done])
-        normed, _ = model.model.norm(hidden, residual)
-        logits = model.compute_logits(normed).float()
-        samplings = [req.sampling for req, _ in done]
-        self._spd_apply_min_tokens(logits, [req for req, _ in done])
-        cands = [req.pipe.candidate() for req, _ in done]
-        drafts = [c.token if c is not None else -1 for c in cands]
-        qs = [req.draft_q.get(c.pos) if c is not None else None for (req, _), c in zip(done, cands)]
-        accepted, tokens = verify_drafts(logits, drafts, qs, samplings, self._spd_draft_vocab())
-        for (req, e), ok, token in zip(done, accepted.tolist(), tokens.tolist()):
+        verdicts: dict[str, tuple[bool, int]] = {}
+        if done:
+            model = self.get_model()
+            hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
+            residual = torch.stack([req.carry[e.pos][1] for req, e in done])
+            normed, _ = model.model.norm(hidden, residual)
+            logits = model.compute_logits(normed).float()
+            samplings = [req.sampling for req, _ in done]
+            self._spd_apply_min_tokens(logits, [req for req, _ in done])
+            cands = [req.pipe.candidate() for req, _ in done]
+            drafts = [c.token if c is not None else -1 for c in cands]
+            qs = [req.draft_q.get(c.pos) if c is not None else None for (req, _), c in zip(done, cands)]
+            accepted, tokens = verify_drafts(logits, drafts, qs, samplings, self._spd_draft_vocab())
+            for (req, _), ok, token in zip(done, accepted.tolist(), tokens.tolist()):
+                verdicts[req.req_id] = (bool(ok), int(token))
+        return [verdicts.get(req.req_id) for req in active]
+
+    def _spd_exchange(self, active, drafts, verdicts):
+        """Controller -> every rank: per request (draft or -1, verdict 0/1/2, token)."""
+        values = None
+        if self.spd_link.is_controller:
+            values = []
+            for d, v in zip(drafts, verdicts):
+                values += [-1 if d is None else d, 0 if v is None else 1 + int(v[0]), -1 if v is None else v[1]]
+        got = self.spd_link.broadcast_control(values, 3 * len(active))
+        drafts = [None if got[3 * i] < 0 else got[3 * i] for i in range(len(active))]
+        verdicts = [None if got[3 * i + 1] == 0 else (got[3 * i + 1] == 2, got[3 * i + 2]) for i in range(len(active))]
+        return drafts, verdicts
+
+    def _spd_apply(self, active, verdicts, index, committed, stats) -> None:
+        """Every rank: resolve the verdicts, drop what a flush killed, commit."""
+        for req, verdict in zip(active, verdicts):
+            if verdict is None:
+                continue
+            e = req.pipe.completing()
             st = stats[req.req_id]
-            outcome = req.pipe.resolve(bool(ok), int(token))
+            outcome = req.pipe.resolve(*verdict)
             st.verified += int(outcome.verified)
             st.accepted += int(outcome.accepted)
             # The finished token's full-depth row goes to the draft module next cycle.
@@ -392,7 +546,7 @@ class SPDRunnerMixin:
         # A token that has not entered stage 0 yet has no anchor 0 (its embedding).
         fresh = [(req, e) for req in active for e in req.pipe.window if 0 not in req.anchors.get(e.pos, {})]
         if fresh:
-            emb = self.get_model().model.embed_input_ids(
+            emb = self._spd_embed(
                 torch.tensor([e.token for _, e in fresh], device=self.device))
             for row, (req, e) in enumerate(fresh):
                 req.anchors.setdefault(e.pos, {})[0] = emb[row]

