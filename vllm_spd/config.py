@@ -40,7 +40,8 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """Where drafts come from. ``head``: a Pipeline Draft Module (``model`` or the
     default head location); ``ngram``: prompt lookup over the request's own tokens,
     needs no weights; ``auto``: a head when one is found, else ngram with a warning;
-    ``oracle``: benchmark instrument, see ``oracle_tokens``."""
+    ``oracle``: benchmark instrument, see ``oracle_tokens``; with a ``model`` (head) the
+    draft module still runs every cycle, unused, so its cost is priced."""
     oracle_tokens: str | None = None
     """Benchmarks only (drafter='oracle'): JSON of recorded greedy outputs
     (``vllm_spd.oracle.save_recording``); drafts are right with probability ``oracle_alpha``."""
@@ -173,7 +174,10 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[
         if not spec.get("oracle_tokens"):
             raise ValueError("spd: drafter='oracle' (a benchmark instrument) needs oracle_tokens, "
                              "a recording of the target's greedy outputs")
-        return "oracle", None
+        if head is not None:   # the head runs every cycle to price drafting; the oracle proposes
+            checkpoint.check_fits_target(checkpoint.read_config(head), head, hf_config, num_stages,
+                                         spec.get("stage_layers"))
+        return "oracle", head
     if drafter == "ngram":
         if head is not None:
             raise ValueError("spd: drafter='ngram' takes no model; drop 'model' or use drafter='head'")

@@ -33,6 +33,7 @@ import torch
 
 from vllm_spd import layout as layout_mod
 from vllm_spd import verify
+from vllm_spd.cycle_timer import CycleTimer
 from vllm_spd.ngram import propose_ngram
 from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
@@ -136,6 +137,9 @@ class SPDRunnerMixin:
         self.spd_pdm = None
         self.spd_link: StageLink | None = None
         self.spd_embedding: torch.Tensor | None = None
+        self.spd_timer = CycleTimer(self.device)
+        #: oracle drafter with a head: run the head each cycle (unused) to price drafting
+        self.spd_price_pdm = True
 
     @property
     def spd_is_controller(self) -> bool:
@@ -154,7 +158,7 @@ class SPDRunnerMixin:
         tm = model.model
         hf = self.model_config.hf_text_config
         head_cfg = None
-        if self.spd_cfg.drafter == "head":
+        if self.spd_cfg.model is not None:   # a head: drafter "head", or "oracle" pricing it
             from vllm_spd import checkpoint
 
             head_cfg = checkpoint.read_config(self.spd_cfg.model)
@@ -171,6 +175,7 @@ class SPDRunnerMixin:
             if mine != (tm.start_layer, tm.end_layer):
                 raise RuntimeError(f"spd: stage {pp.rank_in_group} should own layers {mine} but this pipeline "
                                    f"rank holds [{tm.start_layer}, {tm.end_layer})")
+            self._spd_setup_stage_forward(tm)
         extra = []
         if head_cfg is not None and self.spd_is_controller:
             from vllm_spd.pdm import PipelineDraftModule
@@ -195,6 +200,24 @@ class SPDRunnerMixin:
                         self.spd_cfg.model, head_cfg.num_draft_layers, head_cfg.draft_vocab_size, head_cfg.anchors)
         self.spd_slices = SliceRunner(self, layer_names, extra)
         logger.info("spd: %d stages over layers %s", self.spd_layout.num_stages, list(self.spd_layout.ranges))
+
+    def _spd_setup_stage_forward(self, tm) -> None:
+        """Decode cycles run this rank's stage through vLLM's own (compiled, CUDA-graphed)
+        model forward. The anchors the stage owes the draft module come out of it as
+        the model's auxiliary hidden states (hidden + residual after a layer, the same
+        definition as an anchor), local to this rank."""
+        stage = self.spd_link.stage
+        local = [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0] if self.spd_cfg.model else []
+        if local and not hasattr(tm, "_maybe_add_hidden_state"):
+            raise RuntimeError(f"spd: {type(tm).__name__} cannot return auxiliary hidden states (the draft "
+                               "module's anchors) from its forward")
+        if hasattr(tm, "_maybe_add_hidden_state"):
+            tm.aux_hidden_state_layers = tuple(local)
+            tm._aux_slot_base_cached = 0          # only this rank's anchors, none from upstream
+            tm._aux_upstream_total_cached = 0
+        self.spd_stage_anchors = local
+        if local and self.spd_link.is_controller:
+            self.use_aux_hidden_state_outputs = True   # the last rank's forward returns (hidden, aux)
 
     def take_draft_token_ids(self):
         return None
@@ -273,7 +296,7 @@ class SPDRunnerMixin:
         anchors.update(caught)
         if not self.spd_is_controller:
             link.send(torch.stack([hidden, residual]), link.stage + 1, TAG_STAGE)
-            if self.spd_cfg.drafter == "head":
+            if self.spd_cfg.model is not None:
                 link.send(self._spd_anchor_stack(anchors), link.controller, TAG_ANCHORS)
         elif self.spd_pdm is not None:
             if link is not None:
@@ -360,23 +383,32 @@ class SPDRunnerMixin:
                 break
             # Who runs what this cycle, decided before anything moves (same on every rank).
             plan = [(req, stage, e) for req in active for stage, e in req.pipe.stage_work(limit[req.req_id])]
-            drafts = self._spd_draft(active, index, limit) if self.spd_is_controller else None
-            self._spd_run_stages(plan, index)
-            verdicts = None
+            timer = self.spd_timer
+            drafts = verdicts = None
+            if self.spd_is_controller:
+                with timer.phase("draft"):
+                    drafts = self._spd_draft(active, index, limit)
+            with timer.phase("stage"):
+                self._spd_run_stages(plan, index)
             if self.spd_is_controller:
                 for req, draft in zip(active, drafts):
                     req.pipe.advance(draft)
-                verdicts = self._spd_judge(active)
+                with timer.phase("verify"):
+                    verdicts = self._spd_judge(active)
             if link is not None:
-                drafts, verdicts = self._spd_exchange(active, drafts, verdicts)
+                with timer.phase("control"):
+                    drafts, verdicts = self._spd_exchange(active, drafts, verdicts)
                 if not link.is_controller:
                     for req, draft in zip(active, drafts):
                         req.pipe.advance(draft)
             for req in active:
                 stats[req.req_id].cycles += 1
-            self._spd_apply(active, verdicts, index, committed, stats)
+            with timer.phase("commit"):
+                self._spd_apply(active, verdicts, index, committed, stats)
             if link is not None:
-                self._spd_receive(plan)
+                with timer.phase("hop"):
+                    self._spd_receive(plan)
+            timer.cycle_done()
         return committed
 
     def _spd_run_stages(self, plan, index) -> None:
@@ -391,24 +423,56 @@ class SPDRunnerMixin:
             chunks = [Chunk(index[req.req_id], e.pos, 1) for req, e in work]
             if stage == 0:
                 ids = torch.tensor([e.token for _, e in work], device=self.device)
-                hidden, residual = tm.embed_input_ids(ids), None
+                hidden, residual = (tm.embed_input_ids(ids) if link is None else ids), None
             else:
                 hidden = torch.stack([req.carry[e.pos][0] for req, e in work])
                 residual = torch.stack([req.carry[e.pos][1] for req, e in work])
             capture = set(lay.anchors_of_stage(stage))
-            hidden, residual, caught = self.spd_slices.run_layers(
-                tm.layers, first, last, chunks, hidden, residual, capture)
+            if link is not None:
+                hidden, residual, caught = self._spd_stage_forward(stage, work, chunks, hidden, residual)
+            else:
+                hidden, residual, caught = self.spd_slices.run_layers(
+                    tm.layers, first, last, chunks, hidden, residual, capture)
             if link is not None and not link.is_controller:
                 link.send(torch.stack([hidden, residual]), stage + 1, TAG_STAGE)
-                if self.spd_cfg.drafter == "head":
+                if self.spd_cfg.model is not None:
                     link.send(self._spd_anchor_stack(caught), link.controller, TAG_ANCHORS)
                 continue
             if stage == 0 and 0 in capture:
                 caught[0] = self._spd_embed(torch.tensor([e.token for _, e in work], device=self.device))
             for row, (req, e) in enumerate(work):
-                req.carry[e.pos] = (hidden[row], residual[row])
+                req.carry[e.pos] = (hidden[row], None if residual is None else residual[row])
                 if self.spd_pdm is not None:
                     req.anchors.setdefault(e.pos, {}).update({k: v[row] for k, v in caught.items()})
+
+    def _spd_stage_forward(self, stage, work, chunks, hidden, residual):
+        """This rank's stage on one token per row via the model forward. Returns
+        ``(hidden, residual, anchors)``; on the last stage ``hidden`` is already through
+        the final norm and ``residual`` is None."""
+        n = len(work)
+        first, last = self.spd_layout.ranges[stage]
+        names = [self.spd_slices.layer_names[i] for i in range(first, last)]
+        if stage == 0:
+            self.input_ids.gpu[:n].copy_(hidden, non_blocking=True)   # token ids
+            out = self.spd_slices.run_model(chunks, names, input_ids=self.input_ids.gpu)
+        else:
+            buf = self._spd_intermediate_buffer()
+            buf["hidden_states"][:n].copy_(hidden)
+            buf["residual"][:n].copy_(residual)
+            out = self.spd_slices.run_model(chunks, names, intermediate=buf)
+        ks = self.spd_stage_anchors
+        if self.spd_link.is_controller:
+            normed, aux = out if ks else (out, [])
+            return normed[:n].clone(), None, {k: a[:n].clone() for k, a in zip(ks, aux)}
+        key = self.get_model().model.AUX_HIDDEN_STATE_KEY
+        anchors = {k: out[f"{key}{i}"][:n] for i, k in enumerate(ks)}
+        return out["hidden_states"][:n], out["residual"][:n], anchors
+
+    def _spd_intermediate_buffer(self):
+        if getattr(self, "intermediate_tensors", None) is None:
+            self.intermediate_tensors = self.get_model().make_empty_intermediate_tensors(
+                batch_size=self.max_num_tokens, dtype=self.spd_dtype, device=self.device)
+        return self.intermediate_tensors
 
     def _spd_receive(self, plan) -> None:
         """After the cycle: stage s takes what stage s-1 ran (its work next cycle), the
@@ -448,8 +512,11 @@ class SPDRunnerMixin:
         if done:
             model = self.get_model()
             hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
-            residual = torch.stack([req.carry[e.pos][1] for req, e in done])
-            normed, _ = model.model.norm(hidden, residual)
+            if done[0][0].carry[done[0][1].pos][1] is None:   # the stage forward applied the final norm
+                normed = hidden
+            else:
+                residual = torch.stack([req.carry[e.pos][1] for req, e in done])
+                normed, _ = model.model.norm(hidden, residual)
             logits = model.compute_logits(normed).float()
             samplings = [req.sampling for req, _ in done]
             self._spd_apply_min_tokens(logits, [req for req, _ in done])
@@ -529,6 +596,11 @@ class SPDRunnerMixin:
 
                 self.spd_oracle = OracleDrafter.from_file(self.spd_cfg.oracle_tokens, self.spd_cfg.oracle_alpha,
                                                           self.model_config.get_vocab_size())
+            if self.spd_pdm is not None and self.spd_price_pdm:
+                # Priced, not used: the draft module runs as it would, the oracle proposes.
+                self._spd_pdm_draft(active, index, wants)
+                for req in active:
+                    req.draft_q.pop(req.pipe.draft_pos, None)
             return [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
                     if w else None for req, w in zip(active, wants)]
         if self.spd_pdm is None:

@@ -35,7 +35,7 @@ class SliceRunner:
         self.extra_layer_names = list(extra_layer_names)
 
     # -- metadata ---------------------------------------------------------------
-    def _common_metadata(self, chunks: list[Chunk]):
+    def _common_metadata(self, chunks: list[Chunk], pad_to: int | None = None):
         from vllm.v1.attention.backend import CommonAttentionMetadata
 
         counts = np.array([c.num_tokens for c in chunks], dtype=np.int32)
@@ -49,6 +49,9 @@ class SliceRunner:
         req_of_token = np.repeat(np.arange(len(chunks)), counts)
         block_ids = table.numpy()[req_of_token, positions // self.block_size]
         slots = block_ids.astype(np.int64) * self.block_size + positions % self.block_size
+        if pad_to is not None and pad_to > len(slots):
+            # Padded rows (CUDA-graph sizes) write no KV: vLLM's pad slot id.
+            slots = np.concatenate([slots, np.full(pad_to - len(slots), -1, dtype=np.int64)])
         dev = self.device
         qsl_cpu = torch.from_numpy(qsl)
         cm = CommonAttentionMetadata(
@@ -65,9 +68,9 @@ class SliceRunner:
         )
         return cm, torch.from_numpy(positions).to(dev, non_blocking=True)
 
-    def metadata_for(self, chunks: list[Chunk], layer_names: list[str]):
+    def metadata_for(self, chunks: list[Chunk], layer_names: list[str], pad_to: int | None = None):
         """Per-layer attention metadata and slot mappings for ``chunks``."""
-        cm, positions = self._common_metadata(chunks)
+        cm, positions = self._common_metadata(chunks, pad_to)
         wanted = set(layer_names)
         attn, slots = {}, {}
         for group in self.runner.attn_groups:
@@ -109,3 +112,28 @@ class SliceRunner:
         attn, slots, positions = self.metadata_for(chunks, layer_names)
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=positions.shape[0], slot_mapping=slots):
             return fn(positions)
+
+    def run_model(self, chunks: list[Chunk], layer_names: list[str], input_ids=None, intermediate=None):
+        """One token per chunk through the runner's own model forward: this rank's layer
+        slice, compiled, and replayed from vLLM's piecewise CUDA graphs where the batch
+        size was captured. Inputs must already sit in the runner's persistent buffers
+        (``input_ids``, ``intermediate_tensors``); positions are copied here."""
+        from vllm.config import CUDAGraphMode
+        from vllm.forward_context import set_forward_context
+
+        runner = self.runner
+        n = len(chunks)
+        mode, desc = CUDAGraphMode.NONE, None
+        dispatcher = getattr(runner, "cudagraph_dispatcher", None)
+        if dispatcher is not None:
+            mode, desc = dispatcher.dispatch(n, valid_modes={CUDAGraphMode.PIECEWISE, CUDAGraphMode.NONE})
+        padded = desc.num_tokens if desc is not None else n
+        attn, slots, positions = self.metadata_for(chunks, layer_names, pad_to=padded)
+        runner.positions[:n].copy_(positions, non_blocking=True)
+        if intermediate is not None:
+            intermediate = intermediate[:padded]
+        with set_forward_context(attn, runner.vllm_config, num_tokens=padded, cudagraph_runtime_mode=mode,
+                                 batch_descriptor=desc, slot_mapping=slots):
+            return runner.model(input_ids=None if input_ids is None else input_ids[:padded],
+                                positions=runner.positions[:padded], intermediate_tensors=intermediate,
+                                inputs_embeds=None)

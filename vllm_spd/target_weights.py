@@ -9,9 +9,6 @@ copy of the embedding table from the target's safetensors (or random values unde
 
 from __future__ import annotations
 
-import glob
-import os
-
 import torch
 
 _NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "embed_tokens.weight")
@@ -20,21 +17,15 @@ _NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight
 def load_target_embedding(load_config, model_config, device) -> torch.Tensor:
     hf = model_config.hf_text_config
     shape = (hf.vocab_size, hf.hidden_size)
-    if str(load_config.load_format) == "dummy":
+    if "dummy" in str(load_config.load_format).lower():
         return torch.empty(shape, dtype=model_config.dtype, device=device).uniform_(-1e-3, 1e-3)
-    files = sorted(glob.glob(os.path.join(model_config.model, "*.safetensors")))
-    if not files:
-        raise ValueError(
-            f"spd: the controller stage needs the target's input embedding but found no *.safetensors "
-            f"in {model_config.model!r}; pass a local model directory")
-    from safetensors import safe_open
+    from vllm_spd.head import read_target_tensor
 
-    for path in files:
-        with safe_open(path, framework="pt") as f:
-            for name in _NAMES:
-                if name in f.keys():
-                    table = f.get_tensor(name)
-                    if tuple(table.shape) != shape:
-                        raise ValueError(f"spd: {name} in {path} has shape {tuple(table.shape)}, expected {shape}")
-                    return table.to(device=device, dtype=model_config.dtype)
-    raise ValueError(f"spd: no input embedding ({' / '.join(_NAMES)}) in the safetensors of {model_config.model!r}")
+    table = read_target_tensor(model_config.model, _NAMES)
+    if table is None:
+        raise ValueError(
+            f"spd: the controller stage needs the target's input embedding ({' / '.join(_NAMES)}) but "
+            f"found none in the *.safetensors of {model_config.model!r}; pass a local model directory")
+    if tuple(table.shape) != shape:
+        raise ValueError(f"spd: the target's input embedding has shape {tuple(table.shape)}, expected {shape}")
+    return table.to(device=device, dtype=model_config.dtype)

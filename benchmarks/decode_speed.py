@@ -1,0 +1,260 @@
+"""Decode speed of SPD against plain vLLM on the same GPUs, in one run.
+
+    python benchmarks/decode_speed.py --num-stages 2 --batch 1 4 --out benchmarks/results/decode_speed_n2.json
+
+Systems, each in its own process on the first ``n`` visible GPUs (plain TP=1 on the
+first one), all with random weights (``load_format="dummy"``) of the model shape in
+``--config`` (default: Qwen3-8B's), bf16, greedy, ``ignore_eos``, the same token-id
+prompts (``--input-len``) and output length (``--output-len``):
+
+- plain vLLM: TP=1, TP=n, PP=n (torch.compile + CUDA graphs, vLLM's defaults);
+- SPD with n stages on n pipeline ranks:
+  (a) ``oracle`` drafter at each ``--alphas`` value: a benchmark instrument that proposes
+      the recorded greedy token with probability alpha (recorded by a first SPD run);
+  (b) the oracle at the last alpha with a random-weight draft module run every cycle
+      (unused) to price drafting, and (c) that draft module's own drafts (random
+      weights: alpha near 0; shows the cost of drafting when every draft fails).
+
+Method per system and batch size: one warm-up generate of the full length, then
+``--runs`` timed generates of ``--output-len`` tokens and ``--runs`` of 1 token; output
+tokens/s = batch * output_len / median(full); decode ms/step = (median(full) -
+median(1 token)) / (output_len - 1). SPD rows also report the measured per-draft
+acceptance, and one extra run with SPD's cycle timer on gives the per-cycle time split
+per rank (the timer synchronises the device, so that run is not used for speed).
+Peak GPU memory per rank is ``torch.cuda.max_memory_allocated`` of each worker.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -- functions run inside vLLM's workers through LLM.collective_rpc ------------------------
+def _peak_memory(worker):
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def _set_oracle(worker, path, alpha, drafter, price_pdm):
+    from vllm_spd.oracle import OracleDrafter
+
+    r = worker.model_runner
+    r.spd_oracle = OracleDrafter.from_file(path, alpha, r.model_config.get_vocab_size())
+    r.spd_cfg.drafter = drafter
+    r.spd_price_pdm = price_pdm
+
+
+def _timer(worker, on):
+    t = worker.model_runner.spd_timer
+    summary = t.summary()
+    t.enabled = on
+    t.reset()
+    return summary
+
+
+# -- one system in this process ---------------------------------------------------------
+def _prompts(vocab: int, batch: int, input_len: int):
+    rng = random.Random(1000 + batch)
+    return [[rng.randrange(1000, vocab - 1000) for _ in range(input_len)] for _ in range(batch)]
+
+
+def _timed(llm, prompts, n):
+    from vllm import SamplingParams
+
+    sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0, detokenize=False)
+    start = time.perf_counter()
+    out = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    dt = time.perf_counter() - start
+    assert all(len(o.outputs[0].token_ids) == n for o in out)
+    return dt, [list(o.outputs[0].token_ids) for o in out]
+
+
+def _draft_counters(llm):
+    c = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
+    return c.get("vllm:spec_decode_num_drafts", 0), c.get("vllm:spec_decode_num_accepted_tokens", 0)
+
+
+def _speed(llm, prompts, a, extra=None):
+    _timed(llm, prompts, a.output_len)
+    before = _draft_counters(llm)
+    full = [_timed(llm, prompts, a.output_len)[0] for _ in range(a.runs)]
+    pre = [_timed(llm, prompts, 1)[0] for _ in range(a.runs)]
+    after = _draft_counters(llm)
+    b = len(prompts)
+    tf, tp = statistics.median(full), statistics.median(pre)
+    row = dict(batch=b, out_tok_s=round(b * a.output_len / tf, 1),
+               ms_per_token=round(1000 * tf / a.output_len, 3),
+               decode_ms_per_step=round(1000 * (tf - tp) / (a.output_len - 1), 3),
+               t_full_s=[round(x, 4) for x in full], t_prefill1_s=[round(x, 4) for x in pre])
+    drafts = after[0] - before[0]
+    if drafts:
+        row["measured_alpha"] = round((after[1] - before[1]) / drafts, 4)
+    row.update(extra or {})
+    return row
+
+
+def run_system(a) -> list[dict]:
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"   # collective_rpc with functions
+    from vllm import LLM
+
+    n = a.num_stages
+    mdir = tempfile.mkdtemp(prefix="spd_dummy_")
+    shutil.copy(a.config, os.path.join(mdir, "config.json"))
+    vocab = json.load(open(a.config))["vocab_size"]
+    kw = dict(model=mdir, load_format="dummy", skip_tokenizer_init=True, dtype=a.dtype,
+              max_model_len=a.max_model_len, gpu_memory_utilization=a.gpu_mem, enable_prefix_caching=False,
+              seed=0, disable_log_stats=False)
+    system = a.system
+    if system == "tp1":
+        pass
+    elif system == "tpn":
+        kw.update(tensor_parallel_size=n, distributed_executor_backend="mp")
+    elif system == "ppn":
+        kw.update(pipeline_parallel_size=n, distributed_executor_backend="mp")
+    elif system == "spd":
+        from vllm_spd.head import init_head
+
+        head = os.path.join(mdir, "head")
+        init_head(mdir, n, head, num_draft_layers=a.draft_layers, draft_token_ids=list(range(a.draft_vocab)))
+        rec = os.path.join(mdir, "oracle.json")
+        json.dump({}, open(rec, "w"))
+        kw.update(enforce_eager=a.spd_eager, speculative_config={
+            "method": "spd", "num_stages": n, "stage_placement": "pipeline", "drafter": "oracle",
+            "oracle_tokens": rec, "oracle_alpha": 0.0, "model": head, "cycles_per_step": a.cycles_per_step})
+    t0 = time.perf_counter()
+    llm = LLM(**kw)
+    start_s = round(time.perf_counter() - t0, 1)
+    rows = []
+    base = dict(system=system, num_gpus=1 if system == "tp1" else n, engine_start_s=start_s)
+    for b in a.batch:
+        prompts = _prompts(vocab, b, a.input_len)
+        if system != "spd":
+            rows.append(_speed(llm, prompts, a, base))
+            continue
+        from vllm_spd.oracle import save_recording
+
+        # Record the greedy continuation through SPD itself (every draft wrong: exact output).
+        llm.collective_rpc(_set_oracle, args=(rec, 0.0, "oracle", False))
+        _, outs = _timed(llm, prompts, a.output_len)
+        save_recording(rec, prompts, outs)
+        for alpha in a.alphas:
+            llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", False))
+            rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha}))
+            if alpha == a.alphas[0]:
+                llm.collective_rpc(_timer, args=(True,))
+                _timed(llm, prompts, a.output_len)
+                rows[-1]["cycle_split"] = llm.collective_rpc(_timer, args=(False,))
+        alpha = a.alphas[-1]
+        llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", True))
+        rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced", "alpha": alpha}))
+        llm.collective_rpc(_timer, args=(True,))
+        _timed(llm, prompts, a.output_len)
+        rows[-1]["cycle_split"] = llm.collective_rpc(_timer, args=(False,))
+        llm.collective_rpc(_set_oracle, args=(rec, 0.0, "head", True))
+        rows.append(_speed(llm, prompts, a, {**base, "drafter": "random_pdm"}))
+    peak = llm.collective_rpc(_peak_memory)
+    for r in rows:
+        r["peak_mem_gib_per_rank"] = [round(x / 2**30, 2) for x in peak]
+    return rows
+
+
+# -- driver -------------------------------------------------------------------------------
+def _gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except Exception:
+        return "unknown"
+
+
+def _label(r) -> str:
+    n = r["num_gpus"]
+    if r["system"] == "tp1":
+        return "plain TP=1"
+    if r["system"] in ("tpn", "ppn"):
+        return f"plain {'TP' if r['system'] == 'tpn' else 'PP'}={n}"
+    d = r["drafter"]
+    if d == "oracle":
+        return f"SPD n={n} oracle alpha={r['alpha']}"
+    if d == "oracle+pdm_priced":
+        return f"SPD n={n} oracle alpha={r['alpha']} + PDM run"
+    return f"SPD n={n} random PDM drafts"
+
+
+def print_table(rows: list[dict]) -> None:
+    ref = {r["batch"]: r["out_tok_s"] for r in rows if r["system"] == "tp1"}
+    print(f"{'system':36s} {'batch':>5s} {'tok/s':>8s} {'ms/tok':>8s} {'vs TP1':>7s} {'alpha':>6s}  peak GiB/rank")
+    for r in rows:
+        vs = r["out_tok_s"] / ref[r["batch"]] if r["batch"] in ref else float("nan")
+        alpha = r.get("measured_alpha")
+        print(f"{_label(r):36s} {r['batch']:5d} {r['out_tok_s']:8.1f} {r['ms_per_token']:8.2f} {vs:7.2f} "
+              f"{'' if alpha is None else f'{alpha:.2f}':>6s}  {r['peak_mem_gib_per_rank']}")
+        for rank, split in enumerate(r.get("cycle_split") or []):
+            parts = " ".join(f"{k}={v:.3f}" for k, v in split["ms_per_cycle"].items())
+            print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=os.path.join(HERE, "configs", "qwen3_8b.json"))
+    ap.add_argument("--num-stages", type=int, default=2)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.6])
+    ap.add_argument("--systems", nargs="+", default=["tp1", "tpn", "ppn", "spd"],
+                    choices=["tp1", "tpn", "ppn", "spd"])
+    ap.add_argument("--cycles-per-step", type=int, default=64)
+    ap.add_argument("--draft-layers", type=int, default=1)
+    ap.add_argument("--draft-vocab", type=int, default=32768)
+    ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=True,
+                    help="SPD engine with enforce_eager (its stage forwards do not use vLLM's graphs)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--system", default=None, help=argparse.SUPPRESS)   # internal: run one system
+    a = ap.parse_args(argv)
+    if a.system:
+        print("ROWS " + json.dumps(run_system(a)), flush=True)
+        return
+    rows = []
+    for system in a.systems:
+        env = dict(os.environ)
+        if system == "tp1":
+            visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+            env["CUDA_VISIBLE_DEVICES"] = visible
+        cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
+               "--system", system]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        found = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
+        if proc.returncode or not found:
+            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+            raise SystemExit(f"decode_speed: system {system} failed (exit {proc.returncode})")
+        rows += json.loads(found[-1][5:])
+        print(f"[{system}] done", flush=True)
+    result = dict(hardware=f"{a.num_stages if 'spd' in a.systems else 1}x {_gpu_name()}", config=a.config,
+                  input_len=a.input_len, output_len=a.output_len, runs=a.runs, rows=rows)
+    print_table(rows)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
