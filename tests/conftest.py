@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 # ---- offline model fixtures (vllm_spd.offline_models) --------------------------------
 # Each returns a model directory; the first use builds it (cached across sessions under
-# $VLLM_SPD_CACHE, default ~/.cache/vllm_spd/models).
+# $VLLM_SPD_CACHE/models, default ~/.cache/vllm_spd/models).
 
 
 @pytest.fixture(scope="session")

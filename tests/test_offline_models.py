@@ -57,9 +57,10 @@ def test_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(builds) == 1
-    assert paths == [str(tmp_path / "m")] * 4
-    assert (tmp_path / "m" / "weights").read_text() == "w"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", "m"]
+    models = tmp_path / "models"
+    assert paths == [str(models / "m")] * 4
+    assert (models / "m" / "weights").read_text() == "w"
+    assert sorted(p.name for p in models.iterdir()) == [".m.lock", "m"]
 
 
 def test_cache_failed_build_leaves_nothing_and_new_version_rebuilds(tmp_path, monkeypatch):
@@ -71,15 +72,16 @@ def test_cache_failed_build_leaves_nothing_and_new_version_rebuilds(tmp_path, mo
 
     with pytest.raises(RuntimeError):
         offline_models._cached("m", "m/1", broken)
-    assert not (tmp_path / "m").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]
+    models = tmp_path / "models"
+    assert not (models / "m").exists()
+    assert [p.name for p in models.iterdir()] == [".m.lock"]
 
     offline_models._cached("m", "m/1", lambda out: (out / "v").write_text("1"))
     offline_models._cached("m", "m/1", lambda out: pytest.fail("rebuilt a finished model"))
     offline_models._cached("m", "m/2", lambda out: (out / "v").write_text("2"))
-    assert (tmp_path / "m" / "v").read_text() == "2"
-    assert (tmp_path / "m" / offline_models.MARKER).read_text().strip() == "m/2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", "m"]
+    assert (models / "m" / "v").read_text() == "2"
+    assert (models / "m" / offline_models.MARKER).read_text().strip() == "m/2"
+    assert sorted(p.name for p in models.iterdir()) == [".m.lock", "m"]
 
 
 # ---- tiny-qwen3 -----------------------------------------------------------------------

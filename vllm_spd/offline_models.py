@@ -12,7 +12,7 @@ what pip installed:
 
 Each function returns a directory that ``transformers`` and vLLM load directly. Builds are
 deterministic, atomic (built in a temporary directory, then renamed) and cached under
-``$VLLM_SPD_CACHE/<name>/`` (default ``~/.cache/vllm_spd/models/<name>/``); a marker file
+``$VLLM_SPD_CACHE/models/<name>/`` (default ``~/.cache/vllm_spd/models/<name>/``); a marker file
 records the recipe version, so changing a recipe (and its ``*_VERSION``) rebuilds it.
 
 CLI: ``python -m vllm_spd.offline_models {tiny-qwen3,qwen3-real-vocab,smollm2,all}``.
@@ -32,6 +32,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from vllm_spd import envs
 
 MARKER = ".vllm_spd_build"
 TINY_QWEN3_VERSION = "tiny-qwen3/1"
@@ -101,7 +103,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("VLLM_SPD_CACHE") or Path.home() / ".cache/vllm_spd/models")
+    """``models/`` under the cache root (``$VLLM_SPD_CACHE``, default ``~/.cache/vllm_spd``),
+    beside ``heads/``."""
+    return Path(envs.cache_dir()) / "models"
 
 
 def _cached(name: str, version: str, build: Callable[[Path], None]) -> str:
