@@ -163,8 +163,9 @@ def run_system(a) -> list[dict]:
         llm.collective_rpc(_timer, args=(True,))
         _timed(llm, prompts, a.output_len)
         rows[-1]["cycle_split"] = llm.collective_rpc(_timer, args=(False,))
-        llm.collective_rpc(_set_oracle, args=(rec, 0.0, "head", True))
-        rows.append(_speed(llm, prompts, a, {**base, "drafter": "random_pdm"}))
+        if b in a.random_pdm_batch:
+            llm.collective_rpc(_set_oracle, args=(rec, 0.0, "head", True))
+            rows.append(_speed(llm, prompts, a, {**base, "drafter": "random_pdm"}))
     peak = llm.collective_rpc(_peak_memory)
     for r in rows:
         r["peak_mem_gib_per_rank"] = [round(x / 2**30, 2) for x in peak]
@@ -221,8 +222,10 @@ def main(argv=None) -> None:
     ap.add_argument("--cycles-per-step", type=int, default=64)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)
-    ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=True,
-                    help="SPD engine with enforce_eager (its stage forwards do not use vLLM's graphs)")
+    ap.add_argument("--random-pdm-batch", type=int, nargs="*", default=[1],
+                    help="batch sizes that also get the row with the random draft module's own drafts")
+    ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=False,
+                    help="SPD engine with enforce_eager (stage forwards without torch.compile / CUDA graphs)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
@@ -247,13 +250,14 @@ def main(argv=None) -> None:
             raise SystemExit(f"decode_speed: system {system} failed (exit {proc.returncode})")
         rows += json.loads(found[-1][5:])
         print(f"[{system}] done", flush=True)
-    result = dict(hardware=f"{a.num_stages if 'spd' in a.systems else 1}x {_gpu_name()}", config=a.config,
-                  input_len=a.input_len, output_len=a.output_len, runs=a.runs, rows=rows)
+        result = dict(hardware=f"{a.num_stages}x {_gpu_name()}", config=os.path.basename(a.config),
+                      num_stages=a.num_stages, input_len=a.input_len, output_len=a.output_len, runs=a.runs,
+                      dtype=a.dtype, rows=rows)
+        if a.out:   # after every system, so a cut-off run keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
     print_table(rows)
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
