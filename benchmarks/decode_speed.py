@@ -108,6 +108,8 @@ def _speed(llm, prompts, a, extra=None):
 
 def run_system(a) -> list[dict]:
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"   # collective_rpc with functions
+    # Workers start clean (spawn), whatever this process touched before the engine.
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
     from vllm import LLM
 
     n = a.num_stages
@@ -125,10 +127,12 @@ def run_system(a) -> list[dict]:
     elif system == "ppn":
         kw.update(pipeline_parallel_size=n, distributed_executor_backend="mp")
     elif system == "spd":
-        from vllm_spd.head import init_head
-
         head = os.path.join(mdir, "head")
-        init_head(mdir, n, head, num_draft_layers=a.draft_layers, draft_token_ids=list(range(a.draft_vocab)))
+        # A random head, written by a child process: building its layers here could
+        # initialise CUDA in this process before vLLM starts its workers.
+        subprocess.run([sys.executable, "-m", "vllm_spd.head", "init", "--target", mdir, "--num-stages", str(n),
+                        "--out", head, "--draft-layers", str(a.draft_layers),
+                        "--draft-vocab-size", str(a.draft_vocab)], check=True, stdout=subprocess.DEVNULL)
         rec = os.path.join(mdir, "oracle.json")
         json.dump({}, open(rec, "w"))
         kw.update(enforce_eager=a.spd_eager, speculative_config={
@@ -229,6 +233,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-mem", type=float, default=0.85)
+    ap.add_argument("--system-timeout", type=int, default=1800, help="seconds per system before giving up")
     ap.add_argument("--out", default=None)
     ap.add_argument("--system", default=None, help=argparse.SUPPRESS)   # internal: run one system
     a = ap.parse_args(argv)
@@ -243,11 +248,18 @@ def main(argv=None) -> None:
             env["CUDA_VISIBLE_DEVICES"] = visible
         cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
                "--system", system]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.system_timeout)
+        except subprocess.TimeoutExpired as e:
+            tail = (e.stdout or b"")[-3000:] + (e.stderr or b"")[-6000:]
+            sys.stderr.write(tail.decode(errors="replace") if isinstance(tail, bytes) else tail)
+            print(f"[{system}] timed out after {a.system_timeout} s", flush=True)
+            continue
         found = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
         if proc.returncode or not found:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-            raise SystemExit(f"decode_speed: system {system} failed (exit {proc.returncode})")
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+            print(f"[{system}] failed (exit {proc.returncode})", flush=True)
+            continue
         rows += json.loads(found[-1][5:])
         print(f"[{system}] done", flush=True)
         result = dict(hardware=f"{a.num_stages}x {_gpu_name()}", config=os.path.basename(a.config),

@@ -111,9 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     ini.add_argument("--anchors", type=lambda s: [int(x) for x in s.split(",")], default=None,
                      help="comma-separated anchor layers, starting with 0 (default: stage boundaries)")
     ini.add_argument("--stage-layers", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    ini.add_argument("--draft-vocab-size", type=int, default=None,
+                     help="draft vocabulary = token ids 0..K-1 (default: the full vocabulary)")
     ini.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    cfg = init_head(args.target, args.num_stages, args.out, args.draft_layers,
+    ids = list(range(args.draft_vocab_size)) if args.draft_vocab_size else None
+    cfg = init_head(args.target, args.num_stages, args.out, args.draft_layers, draft_token_ids=ids,
                     anchors=args.anchors, stage_layers=args.stage_layers, seed=args.seed)
     print(json.dumps({"head": os.path.abspath(args.out), "anchors": cfg.anchors,
                       "stage_layers": cfg.stage_layers}))
