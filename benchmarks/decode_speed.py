@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -248,16 +249,25 @@ def main(argv=None) -> None:
             env["CUDA_VISIBLE_DEVICES"] = visible
         cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
                "--system", system]
+        # Own process group, so a timed-out system takes its engine and workers with it.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.system_timeout)
-        except subprocess.TimeoutExpired as e:
-            tail = (e.stdout or b"")[-3000:] + (e.stderr or b"")[-6000:]
-            sys.stderr.write(tail.decode(errors="replace") if isinstance(tail, bytes) else tail)
+            stdout, stderr = proc.communicate(timeout=a.system_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            sys.stderr.write(stdout[-3000:] + stderr[-12000:])
             print(f"[{system}] timed out after {a.system_timeout} s", flush=True)
             continue
-        found = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)   # leftovers of a finished system
+            except ProcessLookupError:
+                pass
+        found = [line for line in stdout.splitlines() if line.startswith("ROWS ")]
         if proc.returncode or not found:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+            sys.stderr.write(stdout[-3000:] + stderr[-12000:])
             print(f"[{system}] failed (exit {proc.returncode})", flush=True)
             continue
         rows += json.loads(found[-1][5:])

@@ -180,7 +180,11 @@ class SPDRunnerMixin:
         if head_cfg is not None and self.spd_is_controller:
             from vllm_spd.pdm import PipelineDraftModule
 
-            with set_current_vllm_config(self.vllm_config):
+            from vllm.utils.torch_utils import set_default_torch_dtype
+
+            # vLLM's layers take their parameter dtype from torch's default, as when the
+            # target itself is built.
+            with set_current_vllm_config(self.vllm_config), set_default_torch_dtype(self.model_config.dtype):
                 pdm = PipelineDraftModule(self.vllm_config, head_cfg, model).to(self.device)
             pdm.load_head(self.spd_cfg.model)
             from vllm.model_executor.model_loader.utils import process_weights_after_loading

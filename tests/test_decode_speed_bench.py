@@ -1,0 +1,42 @@
+"""benchmarks/decode_speed.py end to end on CPU (a tiny untied Qwen3 shape, bf16,
+random weights): every system runs in its own process group, SPD on two pipeline
+ranks; the oracle at alpha=1, replaying SPD's own recorded greedy output, must have
+every draft accepted; the random draft module runs in bf16 and prices its cycle."""
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
+
+
+def test_decode_speed_cpu(tiny_qwen3, tmp_path, monkeypatch, capsys):
+    import decode_speed
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    cfg = json.load(open(os.path.join(tiny_qwen3, "config.json")))
+    cfg["tie_word_embeddings"] = False
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+    out = tmp_path / "result.json"
+    decode_speed.main(["--config", str(config), "--num-stages", "2", "--batch", "1", "--input-len", "16",
+                       "--output-len", "12", "--runs", "1", "--alphas", "1.0", "0.6", "--systems", "tp1", "ppn",
+                       "spd", "--dtype", "bfloat16", "--draft-vocab", "1024", "--max-model-len", "256",
+                       "--spd-eager", "--system-timeout", "600", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    labels = [(r["system"], r.get("drafter"), r.get("alpha")) for r in rows]
+    assert labels == [("tp1", None, None), ("ppn", None, None), ("spd", "oracle", 1.0), ("spd", "oracle", 0.6),
+                      ("spd", "oracle+pdm_priced", 0.6), ("spd", "random_pdm", None)]
+    spd = [r for r in rows if r["system"] == "spd"]
+    assert spd[0]["measured_alpha"] == 1.0
+    assert spd[1]["measured_alpha"] < 1.0
+    for r in rows:
+        assert r["out_tok_s"] > 0 and len(r["t_full_s"]) == 1
+    for r in (spd[0], spd[2]):
+        split = r["cycle_split"]
+        assert len(split) == 2 and all(s["cycles"] > 0 for s in split)
+        assert split[1]["ms_per_cycle"]["verify"] > 0 and split[0]["ms_per_cycle"]["verify"] == 0
+    assert spd[2]["cycle_split"][1]["ms_per_cycle"]["draft"] > spd[0]["cycle_split"][1]["ms_per_cycle"]["draft"]
+    assert "SPD n=2 oracle alpha=1.0" in capsys.readouterr().out
