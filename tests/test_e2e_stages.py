@@ -96,3 +96,33 @@ def test_two_ranks_sampling_draws_what_one_worker_draws(predictable, tmp_path):
     two, _, pp2 = generate(target, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
     assert (pp1, pp2) == (1, 2)
     assert_identical(one, two)
+
+
+def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
+    """Serving conditions across ranks: a KV cache too small for every request (vLLM
+    preempts and recomputes), long prompts prefilled in chunks while others decode, and
+    stop token ids / max_tokens falling inside the in-flight window."""
+    from vllm import LLM, SamplingParams
+
+    target, _ = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"))
+    prompts = [p * (1 + 5 * (i % 3)) for i, p in enumerate(PROMPTS)]
+    params = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)] * 5 + [
+        SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop_token_ids=[7, 11, 13, 17, 19, 23]),
+        SamplingParams(max_tokens=9, temperature=0.0, ignore_eos=True),
+        SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, min_tokens=5, stop_token_ids=[29, 31, 37])]
+    results = []
+    for spec in (None, {"method": "spd", "num_stages": 2, "model": head, "stage_placement": "pipeline"}):
+        llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=256, seed=0, block_size=32,
+                  num_gpu_blocks_override=9, enable_chunked_prefill=True, max_num_batched_tokens=32,
+                  disable_log_stats=False, speculative_config=spec)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+        results.append(([(list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in outs], preemptions))
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    (plain, _), (spd, preemptions) = results
+    assert preemptions > 0, "the test needs preemptions to mean anything"
+    assert spd == plain
+    assert len(plain[6][0]) == 9

@@ -68,9 +68,10 @@ class StageLink:
     # -- control -------------------------------------------------------------------
     def broadcast_control(self, values: list[int] | None, count: int) -> list[int]:
         """The controller's ``values`` (``count`` ints) on every rank."""
+        if not count:
+            return []
         buf = torch.tensor(values, dtype=torch.int64) if self.is_controller else \
             torch.empty(count, dtype=torch.int64)
         assert buf.numel() == count, (buf.numel(), count)
-        if count:
-            self._dist.broadcast(buf, src=self.ranks[self.controller], group=self.ctrl_group)
+        self._dist.broadcast(buf, src=self.ranks[self.controller], group=self.ctrl_group)
         return buf.tolist()
