@@ -10,7 +10,9 @@ the speculative config says ``method: "spd"``:
 - ``create_speculative_config``: builds :class:`SPDSpeculativeConfig` after checking
   keys, target model and head, so mistakes surface as one clear error.
 
-Nothing here touches CUDA.
+It also wraps ``VllmConfig.max_concurrent_batches`` (one spd step in flight: the next
+step needs this one's commits), request validation (sampling features SPD refuses get
+a 400) and the V2-runner feature check. Nothing here touches CUDA.
 """
 
 from __future__ import annotations
