@@ -4,6 +4,8 @@ import os
 
 #: Skip the exact-vLLM-version check in ``register()`` (at your own risk).
 SKIP_VERSION_CHECK_VAR = "VLLM_SPD_SKIP_VERSION_CHECK"
+#: Seconds a stage rank waits for a peer (stage rows, anchors, control) before failing.
+STAGE_TIMEOUT_VAR = "VLLM_SPD_STAGE_TIMEOUT_S"
 #: Where offline-built models and default heads are cached.
 CACHE_DIR_VAR = "VLLM_SPD_CACHE"
 
@@ -15,3 +17,7 @@ def skip_version_check() -> bool:
 def cache_dir() -> str:
     return os.environ.get(CACHE_DIR_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "vllm_spd")
 
+
+
+def stage_timeout_s() -> float:
+    return float(os.environ.get(STAGE_TIMEOUT_VAR) or 600)

@@ -17,7 +17,11 @@ control on a gloo group: never on the groups vLLM's own pipeline transfers use.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
+
+from vllm_spd import envs
 
 #: gloo matches point-to-point messages by tag; NCCL keeps per-peer order instead,
 #: so every receiver posts its receives in the order the sender sent.
@@ -34,10 +38,13 @@ class StageLink:
         self.stage = pp_group.rank_in_group
         self.num_stages = pp_group.world_size
         self.device = device
-        # new_group is collective over the whole world: every worker runs this.
+        # new_group is collective over the whole world: every worker runs this. A rank
+        # that dies mid-cycle leaves its peers waiting; the timeout turns that into an
+        # error (and a dead engine) instead of a hang.
+        timeout = timedelta(seconds=envs.stage_timeout_s())
         data_backend = "nccl" if device.type == "cuda" else "gloo"
-        self.data_group = dist.new_group(self.ranks, backend=data_backend)
-        self.ctrl_group = dist.new_group(self.ranks, backend="gloo")
+        self.data_group = dist.new_group(self.ranks, backend=data_backend, timeout=timeout)
+        self.ctrl_group = dist.new_group(self.ranks, backend="gloo", timeout=timeout)
         self._sends: list = []
 
     @property
