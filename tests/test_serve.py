@@ -1,4 +1,5 @@
-"""`vllm serve` with an spd config: OpenAI endpoints, streaming, aborts, /metrics."""
+"""`vllm serve` with an spd config: OpenAI endpoints, streaming, aborts, /metrics; with
+all stages in one worker and with one stage per pipeline rank."""
 
 import json
 import os
@@ -19,14 +20,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_qwen3, tmp_path_factory):
+@pytest.fixture(scope="module", params=["single_worker", "pipeline"])
+def server(tiny_qwen3, tmp_path_factory, request):
     head = str(tmp_path_factory.mktemp("serve") / "head")
     init_head(tiny_qwen3, 2, head)
     port = free_port()
-    spec = json.dumps({"method": "spd", "num_stages": 2, "model": head})
+    spec = json.dumps({"method": "spd", "num_stages": 2, "model": head, "stage_placement": request.param})
     log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1", VLLM_CPU_OMP_THREADS_BIND="nobind")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", tiny_qwen3, "--host", "127.0.0.1",
          "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
