@@ -67,6 +67,24 @@ def _timer(worker, on):
 
 
 # -- one system in this process ---------------------------------------------------------
+def stage_layers_for(a, cfg: dict) -> list[int] | None:
+    """``--stage-layers``: explicit counts, ``even`` (vLLM's split), or ``auto``: balance
+    bytes read per cycle, the last stage also reading the LM head and the draft module."""
+    if a.stage_layers == "even":
+        return None
+    L, n = cfg["num_hidden_layers"], a.num_stages
+    if a.stage_layers != "auto":
+        return [int(x) for x in a.stage_layers.split(",")]
+    from vllm_spd.layout import balanced_stage_layers
+
+    H, inter, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or H // cfg["num_attention_heads"]
+    layer = H * hd * (2 * cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) + 3 * H * inter
+    controller = V * H + a.draft_layers * layer + a.draft_vocab * H
+    return balanced_stage_layers(L, n, [0.0] * (n - 1) + [controller / layer])
+
+
+
 def _prompts(vocab: int, batch: int, input_len: int):
     rng = random.Random(1000 + batch)
     return [[rng.randrange(1000, vocab - 1000) for _ in range(input_len)] for _ in range(batch)]
@@ -128,12 +146,15 @@ def run_system(a) -> list[dict]:
     elif system == "ppn":
         kw.update(pipeline_parallel_size=n, distributed_executor_backend="mp")
     elif system == "spd":
+        split = stage_layers_for(a, json.load(open(a.config)))
         head = os.path.join(mdir, "head")
         # A random head, written by a child process: building its layers here could
         # initialise CUDA in this process before vLLM starts its workers.
         subprocess.run([sys.executable, "-m", "vllm_spd.head", "init", "--target", mdir, "--num-stages", str(n),
                         "--out", head, "--draft-layers", str(a.draft_layers),
-                        "--draft-vocab-size", str(a.draft_vocab)], check=True, stdout=subprocess.DEVNULL)
+                        "--draft-vocab-size", str(a.draft_vocab),
+                        *(["--stage-layers", ",".join(map(str, split))] if split else [])],
+                       check=True, stdout=subprocess.DEVNULL)
         rec = os.path.join(mdir, "oracle.json")
         json.dump({}, open(rec, "w"))
         kw.update(enforce_eager=a.spd_eager, speculative_config={
@@ -144,6 +165,8 @@ def run_system(a) -> list[dict]:
     start_s = round(time.perf_counter() - t0, 1)
     rows = []
     base = dict(system=system, num_gpus=1 if system == "tp1" else n, engine_start_s=start_s)
+    if system == "spd":
+        base["stage_layers"] = llm.llm_engine.vllm_config.speculative_config.stage_layers
     for b in a.batch:
         prompts = _prompts(vocab, b, a.input_len)
         if system != "spd":
@@ -227,6 +250,9 @@ def main(argv=None) -> None:
     ap.add_argument("--cycles-per-step", type=int, default=64)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)
+    ap.add_argument("--stage-layers", default="auto",
+                    help="SPD layer split: 'auto' (balance the last stage's LM head and draft module), "
+                         "'even' (vLLM's split) or counts like 20,16")
     ap.add_argument("--random-pdm-batch", type=int, nargs="*", default=[1],
                     help="batch sizes that also get the row with the random draft module's own drafts")
     ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=False,

@@ -36,3 +36,23 @@ def test_bad_partition():
         stage_layer_counts(8, 2, [3, 3])
     with pytest.raises(ValueError, match="exceeds"):
         stage_layer_counts(4, 5)
+
+
+def test_balanced_stage_layers_is_optimal_and_valid():
+    import itertools
+
+    from vllm_spd.layout import balanced_stage_layers
+
+    def compositions(total, parts):
+        for cut in itertools.combinations(range(1, total), parts - 1):
+            yield [b - a for a, b in zip((0, *cut), (*cut, total))]
+
+    for num_layers, extra in [(8, [0, 0, 2.5]), (12, [0, 0, 0, 3.2]), (9, [1.0, 0, 0.5]), (6, [0, 7.0]),
+                              (36, [0, 3.2])]:
+        n = len(extra)
+        got = balanced_stage_layers(num_layers, n, extra)
+        assert sum(got) == num_layers and min(got) >= 1
+        best = min(max(c + e for c, e in zip(comp, extra)) for comp in compositions(num_layers, n))
+        assert max(c + e for c, e in zip(got, extra)) == pytest.approx(best)
+    with pytest.raises(ValueError, match="extra must have 2 entries"):
+        balanced_stage_layers(8, 2, [0.0])

@@ -44,6 +44,32 @@ def stage_layer_counts(num_layers: int, num_stages: int, partition: list[int] | 
     return counts
 
 
+def balanced_stage_layers(num_layers: int, num_stages: int, extra: list[float]) -> list[int]:
+    """Layers per stage that even out per-cycle work when stage s also does ``extra[s]``
+    layers' worth of other work (the controller's LM head and draft module, say).
+
+    Decode is memory-bound, so work is measured in bytes read per token: a Qwen3-8B
+    layer reads ~0.39 GB, its LM head ~1.24 GB (about 3.2 layers). Minimises the
+    largest ``layers + extra`` with at least one layer per stage.
+
+    >>> balanced_stage_layers(36, 2, [0, 3.2])
+    [20, 16]
+    >>> balanced_stage_layers(36, 4, [0, 0, 0, 3.2])
+    [10, 10, 10, 6]
+    >>> balanced_stage_layers(8, 4, [0, 0, 0, 0])
+    [2, 2, 2, 2]
+    """
+    if len(extra) != num_stages:
+        raise ValueError(f"extra must have {num_stages} entries, got {len(extra)}")
+    stage_layer_counts(num_layers, num_stages)   # same range checks
+    counts = [1] * num_stages
+    for _ in range(num_layers - num_stages):
+        # the next layer goes to the stage whose work would stay smallest (ties: earliest)
+        s = min(range(num_stages), key=lambda i: (counts[i] + 1 + extra[i], i))
+        counts[s] += 1
+    return counts
+
+
 def stage_layer_ranges(num_layers: int, num_stages: int, partition: list[int] | None = None) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` per stage, e.g. (8, 3) -> [(0, 3), (3, 6), (6, 8)]."""
     ranges, start = [], 0
