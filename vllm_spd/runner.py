@@ -390,11 +390,15 @@ class SPDRunnerMixin:
             timer = self.spd_timer
             drafts = verdicts = None
             if self.spd_is_controller:
+                # Drafts use features from before this cycle; the draft module overlaps
+                # the stage forward on its own stream.
                 with timer.phase("draft"):
-                    drafts = self._spd_draft(active, index, limit)
+                    finish_drafts = self._spd_draft_begin(active, index, limit)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
             if self.spd_is_controller:
+                with timer.phase("draft"):
+                    drafts = finish_drafts()
                 for req, draft in zip(active, drafts):
                     req.pipe.advance(draft)
                 with timer.phase("verify"):
@@ -592,7 +596,12 @@ class SPDRunnerMixin:
     def _spd_draft_vocab(self):
         return self.spd_pdm.draft_token_ids if self.spd_pdm is not None else None
 
-    def _spd_draft(self, active: list[SPDRequest], index, limit) -> list[int | None]:
+    def _spd_draft_begin(self, active: list[SPDRequest], index, limit):
+        """Start this cycle's drafting; returns a function that gives the drafts.
+
+        The draft module's forward goes on its own CUDA stream, so launching the stage
+        forward between the two calls lets both run at once; host-side drafters (n-gram,
+        oracle) are done at once."""
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
         if self.spd_cfg.drafter == "oracle":
             if not hasattr(self, "spd_oracle"):
@@ -600,16 +609,23 @@ class SPDRunnerMixin:
 
                 self.spd_oracle = OracleDrafter.from_file(self.spd_cfg.oracle_tokens, self.spd_cfg.oracle_alpha,
                                                           self.model_config.get_vocab_size())
-            if self.spd_pdm is not None and self.spd_price_pdm:
-                # Priced, not used: the draft module runs as it would, the oracle proposes.
-                self._spd_pdm_draft(active, index, wants)
-                for req in active:
-                    req.draft_q.pop(req.pipe.draft_pos, None)
-            return [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
-                    if w else None for req, w in zip(active, wants)]
+            # With a head: priced, not used (the draft module runs as it would).
+            priced = self._spd_pdm_begin(active, index, wants) if self.spd_pdm is not None and self.spd_price_pdm \
+                else None
+            drafts = [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
+                      if w else None for req, w in zip(active, wants)]
+
+            def finish():
+                if priced is not None:
+                    priced()
+                    for req in active:
+                        req.draft_q.pop(req.pipe.draft_pos, None)
+                return drafts
+            return finish
         if self.spd_pdm is None:
-            return [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
-        return self._spd_pdm_draft(active, index, wants)
+            drafts = [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
+            return lambda: drafts
+        return self._spd_pdm_begin(active, index, wants)
 
     def _spd_ngram(self, req: SPDRequest, idx: int) -> int:
         batch = self.input_batch
@@ -617,7 +633,21 @@ class SPDRunnerMixin:
         tokens += [e.token for e in reversed(req.pipe.unverified())]
         return propose_ngram(tokens, self.spd_cfg.ngram_max, self.spd_cfg.ngram_min)
 
-    def _spd_pdm_draft(self, active, index, wants) -> list[int | None]:
+    def _spd_side_stream(self):
+        """The draft module's own CUDA stream (None on CPU)."""
+        if self.device.type != "cuda":
+            return None
+        if getattr(self, "_spd_stream", None) is None:
+            self._spd_stream = torch.cuda.Stream(self.device)
+        return self._spd_stream
+
+    def _spd_on_side_stream(self):
+        from contextlib import nullcontext
+
+        stream = self._spd_side_stream()
+        return nullcontext() if stream is None else torch.cuda.stream(stream)
+
+    def _spd_pdm_begin(self, active, index, wants):
         lay = self.spd_layout
         # A token that has not entered stage 0 yet has no anchor 0 (its embedding).
         fresh = [(req, e) for req in active for e in req.pipe.window if 0 not in req.anchors.get(e.pos, {})]
@@ -641,32 +671,51 @@ class SPDRunnerMixin:
             owners.append(req)
         H = self.model_config.hf_text_config.hidden_size
         dtype = self.spd_pdm.lm_head.dtype
+        # The rows are gathered on the main stream: anchors are final there, and may be
+        # freed once copied.
         stack = torch.zeros(lay.num_types, len(rows_type), H, dtype=dtype, device=self.device)
         for r, anchors in enumerate(rows_anchor):
             for a, v in enumerate(anchors):
                 stack[a, r] = v
         types = torch.tensor(rows_type, device=self.device)
-        hidden, residual = self._pdm_forward(chunks, stack, types)
         last = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
-        if all(req.sampling.greedy for req in owners):
-            tokens, q = self.spd_pdm.draft_greedy(hidden[last], residual[last]).tolist(), None
-        else:
-            logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
-            kw = _row_params([req.sampling for req in owners], self.device)
-            tokens, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
-        drafts = []
-        for row, (req, want) in enumerate(zip(owners, wants)):
+        greedy = all(req.sampling.greedy for req in owners)
+        side = self._spd_side_stream()
+        if side is not None:
+            main = torch.cuda.current_stream(self.device)
+            side.wait_stream(main)
+            stack.record_stream(side)
+            types.record_stream(side)
+        q = None
+        with self._spd_on_side_stream():
+            hidden, residual = self._pdm_forward(chunks, stack, types)
+            if greedy:
+                ids = self.spd_pdm.draft_greedy(hidden[last], residual[last])
+            else:
+                logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
+                kw = _row_params([req.sampling for req in owners], self.device)
+                ids, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
+                if side is not None:
+                    q.record_stream(main)   # verification reads it on the main stream
+        for req in owners:
             # The pending row is in the draft module's cache now; its anchors can go.
             if req.pending is not None:
                 req.anchors.pop(req.pending, None)
                 req.pending = None
-            if not want:
-                drafts.append(None)
-                continue
-            if q is not None and not req.sampling.greedy:
-                req.draft_q[req.pipe.draft_pos] = q[row]
-            drafts.append(int(tokens[row]))
-        return drafts
+
+        def finish() -> list[int | None]:
+            with self._spd_on_side_stream():
+                tokens = ids.tolist()   # waits for the draft module only
+            drafts = []
+            for row, (req, want) in enumerate(zip(owners, wants)):
+                if not want:
+                    drafts.append(None)
+                    continue
+                if q is not None and not req.sampling.greedy:
+                    req.draft_q[req.pipe.draft_pos] = q[row]
+                drafts.append(int(tokens[row]))
+            return drafts
+        return finish
 
     def _pdm_forward(self, chunks: list[Chunk], stack: torch.Tensor, types: torch.Tensor):
         pdm = self.spd_pdm
