@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", required=True, help="target model directory")
     p.add_argument("--head", default=None, help="draft head directory (default: the default head location)")
-    p.add_argument("--drafter", choices=["head", "ngram"], default="head")
+    p.add_argument("--drafter", choices=["head", "ngram", "hybrid"], default="head")
     p.add_argument("--num-stages", type=int, required=True)
     p.add_argument("--prompts", nargs="+", required=True, help="JSONL files with {'turns': [...]}")
     p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 1.0])
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     llm = LLM(model=a.target, dtype="float32", enforce_eager=True, max_model_len=a.max_model_len, seed=a.seed,
               speculative_config=spec, disable_log_stats=False)
-    head = llm.llm_engine.vllm_config.speculative_config.model if a.drafter == "head" else None
+    head = llm.llm_engine.vllm_config.speculative_config.model if a.drafter != "ngram" else None
     result = {"target": os.path.abspath(a.target), "drafter": a.drafter, "head": head_summary(head),
               "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "dtype": "float32",
               "vllm": vllm_version, "hardware": hardware(), "results": []}

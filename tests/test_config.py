@@ -72,6 +72,7 @@ def test_non_spd_configs_untouched(tiny_qwen3):
     ({"num_stages": 2, "cycles_per_step": 1}, {}, r"cycles_per_step=1 must be >= num_stages=2"),
     ({"num_stages": 2, "stage_layers": [5, 5]}, {}, r"stage_layers=\[5, 5\] must have 2 positive entries"),
     ({"num_stages": 2, "drafter": "head"}, {}, r"drafter='head' but no head given and none found"),
+    ({"num_stages": 2, "drafter": "hybrid"}, {}, r"drafter='hybrid' but no head given and none found"),
     ({"num_stages": 2, "num_speculative_tokens": 7}, {}, r"num_speculative_tokens=7 is derived from cycles_per_step"),
 ])
 def test_config_errors(tiny_qwen3, spec, kw, message):

@@ -98,6 +98,17 @@ def test_smollm2_ngram_matches_plain(smollm2, smollm2_reference):
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0
 
 
+def test_smollm2_hybrid_drafter_matches_plain(smollm2, smollm2_reference, tmp_path):
+    """Head drafts, overridden by prompt lookup where it matches 2+ tokens: a random head
+    is almost never right, so accepted drafts come from the lookups."""
+    head = str(tmp_path / "head")
+    init_head(smollm2, 3, head)
+    out, counters = generate(smollm2, {"method": "spd", "num_stages": 3, "model": head, "drafter": "hybrid",
+                                       "hybrid_min_match": 2})
+    assert_identical(smollm2_reference, out)
+    assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.05 * counters["vllm:spec_decode_num_draft_tokens"]
+
+
 def test_preemption_keeps_output_exact(tiny_qwen3, tmp_path):
     """A KV cache too small for every request at once forces vLLM to preempt requests
     mid-decode (their in-flight SPD state is dropped) and to recompute them later."""

@@ -36,10 +36,12 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     num_stages: int = Field(default=2, ge=1)
     """Pipeline stages the target's decoder layers are split into; tokens of one
     sequence in flight at once. With this many GPUs each stage gets its own."""
-    drafter: Literal["auto", "head", "ngram", "oracle"] = "auto"
+    drafter: Literal["auto", "head", "ngram", "hybrid", "oracle"] = "auto"
     """Where drafts come from. ``head``: a Pipeline Draft Module (``model`` or the
     default head location); ``ngram``: prompt lookup over the request's own tokens,
-    needs no weights; ``auto``: a head when one is found, else ngram with a warning;
+    needs no weights; ``hybrid``: the head, except where prompt lookup matches a
+    suffix of at least ``hybrid_min_match`` tokens; ``auto``: a head when one is found,
+    else ngram with a warning;
     ``oracle``: benchmark instrument, see ``oracle_tokens``; with a ``model`` (head) the
     draft module still runs every cycle, unused, so its cost is priced."""
     oracle_tokens: str | None = None
@@ -60,6 +62,8 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """Longest suffix the ngram drafter matches."""
     ngram_min: int = Field(default=1, ge=1)
     """Shortest suffix the ngram drafter matches."""
+    hybrid_min_match: int = Field(default=3, ge=1)
+    """``hybrid``: shortest matched suffix for which prompt lookup overrides the head."""
     log_interval_s: float = Field(default=10.0, ge=0)
     """Seconds between log lines with alpha and tokens per cycle (0 = off)."""
 
@@ -95,7 +99,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
 SPD_KEYS = frozenset(
     {"method", "num_stages", "model", "drafter", "cycles_per_step", "stage_placement",
      "stage_layers", "ngram_max", "ngram_min", "log_interval_s", "num_speculative_tokens",
-     "oracle_tokens", "oracle_alpha",
+     "oracle_tokens", "oracle_alpha", "hybrid_min_match",
      "enforce_eager"}
 )
 
@@ -186,8 +190,8 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[
         head = checkpoint.find_default_head(target, num_stages)
         if head is None:
             searched = checkpoint.default_head_dirs(target, num_stages)
-            if drafter == "head":
-                raise ValueError(f"spd: drafter='head' but no head given and none found in {searched}")
+            if drafter in ("head", "hybrid"):
+                raise ValueError(f"spd: drafter={drafter!r} but no head given and none found in {searched}")
             logger.warning(
                 "spd: no draft head for %s with num_stages=%d (looked in %s); drafting with "
                 "prompt-lookup n-grams instead, which is lossless but accepts far fewer drafts. "
@@ -196,7 +200,7 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[
             return "ngram", None
     cfg = checkpoint.read_config(head)
     checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"))
-    return "head", head
+    return ("hybrid" if drafter == "hybrid" else "head"), head
 
 
 def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_parallel_config: Any):

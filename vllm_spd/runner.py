@@ -34,7 +34,7 @@ import torch
 from vllm_spd import layout as layout_mod
 from vllm_spd import verify
 from vllm_spd.cycle_timer import CycleTimer
-from vllm_spd.ngram import propose_ngram
+from vllm_spd.ngram import match_ngram, propose_ngram
 from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
 from vllm_spd.staged import Chunk, SliceRunner
@@ -625,13 +625,32 @@ class SPDRunnerMixin:
         if self.spd_pdm is None:
             drafts = [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
             return lambda: drafts
-        return self._spd_pdm_begin(active, index, wants)
+        head = self._spd_pdm_begin(active, index, wants)
+        if self.spd_cfg.drafter != "hybrid":
+            return head
+        # Prompt lookup on the host while the draft module runs.
+        cfg = self.spd_cfg
+        lookups = [match_ngram(self._spd_tokens(req, index[req.req_id]), cfg.ngram_max, cfg.hybrid_min_match)
+                   if w else None for req, w in zip(active, wants)]
 
-    def _spd_ngram(self, req: SPDRequest, idx: int) -> int:
+        def finish():
+            drafts = head()
+            for i, (req, found) in enumerate(zip(active, lookups)):
+                if found is not None and drafts[i] is not None:
+                    # The proposal is now deterministic: verification treats it as one-hot.
+                    req.draft_q.pop(req.pipe.draft_pos, None)
+                    drafts[i] = found[0]
+            return drafts
+        return finish
+
+    def _spd_tokens(self, req: SPDRequest, idx: int) -> list[int]:
+        """The request's committed tokens followed by its unverified in-flight ones."""
         batch = self.input_batch
         tokens = batch.token_ids_cpu[idx, : int(batch.num_tokens_no_spec[idx])].tolist()
-        tokens += [e.token for e in reversed(req.pipe.unverified())]
-        return propose_ngram(tokens, self.spd_cfg.ngram_max, self.spd_cfg.ngram_min)
+        return tokens + [e.token for e in reversed(req.pipe.unverified())]
+
+    def _spd_ngram(self, req: SPDRequest, idx: int) -> int:
+        return propose_ngram(self._spd_tokens(req, idx), self.spd_cfg.ngram_max, self.spd_cfg.ngram_min)
 
     def _spd_side_stream(self):
         """The draft module's own CUDA stream (None on CPU)."""
