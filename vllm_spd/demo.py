@@ -51,9 +51,13 @@ def main(argv=None) -> int:
     from vllm_spd.offline_models import smollm2
 
     model = smollm2()
+    from vllm_spd.checkpoint import find_default_head
+
     spec = {"method": "spd", "num_stages": args.num_stages}
-    if args.head:
-        spec["model"] = args.head
+    head = args.head or find_default_head(model, args.num_stages)
+    if head:
+        # The head with prompt lookup on top drafts best on SmolLM2 (README).
+        spec.update(model=head, drafter="hybrid")
     plain, t_plain, _ = _run(model, None, args.max_tokens)
     spd, t_spd, m = _run(model, spec, args.max_tokens)
     same = 0
