@@ -126,3 +126,15 @@ def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
     assert preemptions > 0, "the test needs preemptions to mean anything"
     assert spd == plain
     assert len(plain[6][0]) == 9
+
+
+def test_three_ranks_head_with_anchors_on_one_stage(tiny_qwen3, tmp_path):
+    """A head whose anchors all sit in the last stage: the other stages send the
+    controller no anchor messages at all."""
+    reference = generate(tiny_qwen3)[0]
+    head = str(tmp_path / "head")
+    init_head(tiny_qwen3, 3, head, anchors=[0, 7])
+    out, _, pp = generate(tiny_qwen3, {"method": "spd", "num_stages": 3, "model": head,
+                                       "stage_placement": "pipeline"})
+    assert pp == 3
+    assert_identical(reference, out)

@@ -300,12 +300,13 @@ class SPDRunnerMixin:
         anchors.update(caught)
         if not self.spd_is_controller:
             link.send(torch.stack([hidden, residual]), link.stage + 1, TAG_STAGE)
-            if self.spd_cfg.model is not None:
-                link.send(self._spd_anchor_stack(anchors), link.controller, TAG_ANCHORS)
+            self._spd_send_anchors(anchors)
         elif self.spd_pdm is not None:
             if link is not None:
                 for stage in range(link.controller):
                     ks = self._spd_sent_anchors(stage)
+                    if not ks:
+                        continue
                     got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage, TAG_ANCHORS)
                     anchors.update(zip(ks, got))
             if 0 in lay.anchors and 0 not in anchors:
@@ -356,11 +357,11 @@ class SPDRunnerMixin:
         """Anchors ``stage`` sends to the controller (anchor 0 it embeds itself)."""
         return [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0]
 
-    def _spd_anchor_stack(self, anchors: dict) -> torch.Tensor:
+    def _spd_send_anchors(self, anchors: dict) -> None:
+        """This stage's anchors to the controller's draft module (none to send: no message)."""
         ks = self._spd_sent_anchors(self.spd_link.stage)
-        if not ks:
-            return torch.empty(0, device=self.device, dtype=self.spd_dtype)
-        return torch.stack([anchors[k] for k in ks])
+        if self.spd_cfg.model is not None and ks:
+            self.spd_link.send(torch.stack([anchors[k] for k in ks]), self.spd_link.controller, TAG_ANCHORS)
 
     def _spd_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings (anchor 0); the controller of an untied target keeps a copy."""
@@ -443,8 +444,7 @@ class SPDRunnerMixin:
                     tm.layers, first, last, chunks, hidden, residual, capture)
             if link is not None and not link.is_controller:
                 link.send(torch.stack([hidden, residual]), stage + 1, TAG_STAGE)
-                if self.spd_cfg.model is not None:
-                    link.send(self._spd_anchor_stack(caught), link.controller, TAG_ANCHORS)
+                self._spd_send_anchors(caught)
                 continue
             if stage == 0 and 0 in capture:
                 caught[0] = self._spd_embed(torch.tensor([e.token for _, e in work], device=self.device))
@@ -504,11 +504,11 @@ class SPDRunnerMixin:
         if link.is_controller and self.spd_pdm is not None:
             for stage in range(link.controller):
                 rows, ks = rows_of(stage), self._spd_sent_anchors(stage)
-                if not rows:
+                if not rows or not ks:
                     continue
-                x = link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS) if ks else None
+                x = link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS)
                 for row, (req, e) in enumerate(rows):
-                    if alive(req, e) and ks:
+                    if alive(req, e):
                         req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
         link.wait_sends()
 
