@@ -575,3 +575,33 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
 
     with pytest.raises(SystemExit, match="different settings"):
         _train(common[:5] + ["2"] + common[6:] + ["--out", str(out_b), "--resume"])
+
+
+def test_cli_trained_head_drafts_inside_vllm(tiny_qwen3, tmp_path, monkeypatch):
+    """A head written by the training CLI is a head the plugin serves: loaded by vLLM on
+    two pipeline ranks, greedy output equal to plain decoding, drafts counted."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    data = _write_data(tmp_path / "train.jsonl", 40, seed=1)
+    out = tmp_path / "head"
+    _train(["--target", tiny_qwen3, "--num-stages", "2", "--draft-layers", "1", "--draft-vocab-size", "64",
+            "--data", data, "--steps", "8", "--lr", "3e-3", "--batch-size", "4", "--max-length", "64",
+            "--eval-every", "8", "--eval-fraction", "0.2", "--seed", "3", "--out", str(out)])
+    prompts = [[5, 17, 42, 9], [100, 101, 102], [7] * 6]
+    sp = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    results = []
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    for spec in (None, {"method": "spd", "num_stages": 2, "model": str(out), "stage_placement": "pipeline"}):
+        llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
+                  disable_log_stats=False, speculative_config=spec)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        drafts = sum(m.value for m in llm.get_metrics() if m.name == "vllm:spec_decode_num_drafts")
+        results.append(([list(o.outputs[0].token_ids) for o in outs], drafts))
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    (plain, _), (spd, drafts) = results
+    assert spd == plain
+    assert drafts == len(prompts) * 15
