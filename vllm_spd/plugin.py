@@ -31,6 +31,11 @@ _registered = False
 PP_PARTITION_VAR = "VLLM_PP_LAYER_PARTITION"
 
 
+def pp_partition(stage_layers: list[int]) -> str:
+    """``stage_layers`` as vLLM's ``VLLM_PP_LAYER_PARTITION`` value, e.g. ``"20,16"``."""
+    return ",".join(str(c) for c in stage_layers)
+
+
 def check_vllm_version(found: str) -> None:
     base = found.split("+")[0]
     if base != REQUIRED_VLLM and not envs.skip_version_check():
@@ -155,7 +160,7 @@ def _create_speculative_config(original, self, target_model_config, target_paral
     if target_parallel_config.pipeline_parallel_size > 1 and cfg.stage_layers and found:
         # The workers set this variable from stage_layers (vllm_spd.worker); a different
         # value set by the user would split the layers differently from the stages.
-        if found.replace(" ", "") != ",".join(str(c) for c in cfg.stage_layers):
+        if found.replace(" ", "") != pp_partition(cfg.stage_layers):
             raise ValueError(f"spd: {PP_PARTITION_VAR}={found} conflicts with stage_layers {cfg.stage_layers}")
     return cfg
 

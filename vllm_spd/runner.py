@@ -175,7 +175,7 @@ class SPDRunnerMixin:
             if mine != (tm.start_layer, tm.end_layer):
                 raise RuntimeError(f"spd: stage {pp.rank_in_group} should own layers {mine} but this pipeline "
                                    f"rank holds [{tm.start_layer}, {tm.end_layer})")
-            self._spd_setup_stage_forward(tm)
+            self._spd_setup_stage_forward(tm, layer_names)
         extra = []
         if head_cfg is not None and self.spd_is_controller:
             from vllm_spd.pdm import PipelineDraftModule
@@ -205,7 +205,7 @@ class SPDRunnerMixin:
         self.spd_slices = SliceRunner(self, layer_names, extra)
         logger.info("spd: %d stages over layers %s", self.spd_layout.num_stages, list(self.spd_layout.ranges))
 
-    def _spd_setup_stage_forward(self, tm) -> None:
+    def _spd_setup_stage_forward(self, tm, layer_names: dict[int, str]) -> None:
         """Decode cycles run this rank's stage through vLLM's own (compiled, CUDA-graphed)
         model forward. The anchors the stage owes the draft module come out of it as
         the model's auxiliary hidden states (hidden + residual after a layer, the same
@@ -220,6 +220,8 @@ class SPDRunnerMixin:
             tm._aux_slot_base_cached = 0          # only this rank's anchors, none from upstream
             tm._aux_upstream_total_cached = 0
         self.spd_stage_anchors = local
+        first, last = self.spd_layout.ranges[stage]
+        self.spd_stage_layer_names = [layer_names[i] for i in range(first, last)]
         if local and self.spd_link.is_controller:
             self.use_aux_hidden_state_outputs = True   # the last rank's forward returns (hidden, aux)
 
@@ -285,11 +287,14 @@ class SPDRunnerMixin:
         stages = self._spd_stages_here()
         first, last = lay.ranges[stages[0]][0], lay.ranges[stages[-1]][1]
         num_tokens = sum(c.num_tokens for c in chunks)
+
+        def chunk_ids() -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(
+                [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
+
         anchors = {}
         if first == 0:
-            ids = torch.from_numpy(np.concatenate(
-                [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
-            hidden, residual = tm.embed_input_ids(ids), None
+            hidden, residual = tm.embed_input_ids(chunk_ids()), None
             if 0 in lay.anchors:
                 anchors[0] = hidden
         else:
@@ -310,8 +315,7 @@ class SPDRunnerMixin:
                     got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage, TAG_ANCHORS)
                     anchors.update(zip(ks, got))
             if 0 in lay.anchors and 0 not in anchors:
-                anchors[0] = self._spd_embed(torch.from_numpy(np.concatenate(
-                    [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device))
+                anchors[0] = self._spd_embed(chunk_ids())
             stack = torch.stack([anchors[k] for k in lay.anchors])
             types = torch.full((stack.shape[1],), lay.depth_to_type[-1], device=self.device)
             self._pdm_forward(chunks, stack, types)
@@ -458,8 +462,7 @@ class SPDRunnerMixin:
         ``(hidden, residual, anchors)``; on the last stage ``hidden`` is already through
         the final norm and ``residual`` is None."""
         n = len(work)
-        first, last = self.spd_layout.ranges[stage]
-        names = [self.spd_slices.layer_names[i] for i in range(first, last)]
+        names = self.spd_stage_layer_names
         if stage == 0:
             self.input_ids.gpu[:n].copy_(hidden, non_blocking=True)   # token ids
             out = self.spd_slices.run_model(chunks, names, input_ids=self.input_ids.gpu)
@@ -520,7 +523,7 @@ class SPDRunnerMixin:
         if done:
             model = self.get_model()
             hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
-            if done[0][0].carry[done[0][1].pos][1] is None:   # the stage forward applied the final norm
+            if self.spd_link is not None:   # the last stage's model forward applied the final norm
                 normed = hidden
             else:
                 residual = torch.stack([req.carry[e.pos][1] for req, e in done])
@@ -688,7 +691,7 @@ class SPDRunnerMixin:
                 rows_anchor.append([anchors.get(k) for k in lay.anchors[: t + 1]])
                 rows_type.append(t)
             owners.append(req)
-        H = self.model_config.hf_text_config.hidden_size
+        H = self.spd_hidden_size
         dtype = self.spd_pdm.lm_head.dtype
         # The rows are gathered on the main stream: anchors are final there, and may be
         # freed once copied.

@@ -6,7 +6,7 @@ import os
 
 from vllm.v1.worker.gpu_worker import Worker
 
-from vllm_spd.plugin import PP_PARTITION_VAR
+from vllm_spd.plugin import PP_PARTITION_VAR, pp_partition
 
 from vllm_spd.runner import build_runner_class
 
@@ -22,7 +22,7 @@ class _StageStepMixin:
         if vllm_config.parallel_config.pipeline_parallel_size > 1 and spec.stage_layers:
             # vLLM's pipeline split is the stage split. Set in this worker process only
             # (before the model is built); the engine's own environment stays as it was.
-            os.environ[PP_PARTITION_VAR] = ",".join(str(c) for c in spec.stage_layers)
+            os.environ[PP_PARTITION_VAR] = pp_partition(spec.stage_layers)
         super().__init__(vllm_config, *args, **kwargs)
 
     def execute_model(self, scheduler_output):
