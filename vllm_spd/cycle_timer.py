@@ -24,6 +24,8 @@ class CycleTimer:
     def __init__(self, device: torch.device):
         self.device = device
         self.enabled = False
+        #: name each phase in a PyTorch profile (set while a step is profiled)
+        self.label = False
         self.reset()
 
     def reset(self) -> None:
@@ -36,6 +38,16 @@ class CycleTimer:
 
     @contextmanager
     def phase(self, name: str):
+        if self.label:
+            with torch.profiler.record_function(f"spd.{name}"):
+                with self._timed(name):
+                    yield
+        else:
+            with self._timed(name):
+                yield
+
+    @contextmanager
+    def _timed(self, name: str):
         if not self.enabled:
             yield
             return

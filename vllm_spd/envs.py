@@ -8,6 +8,10 @@ SKIP_VERSION_CHECK_VAR = "VLLM_SPD_SKIP_VERSION_CHECK"
 STAGE_TIMEOUT_VAR = "VLLM_SPD_STAGE_TIMEOUT_S"
 #: Where offline-built models and default heads are cached.
 CACHE_DIR_VAR = "VLLM_SPD_CACHE"
+#: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
+PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
+#: Which decode step (1-based) that profile covers.
+PROFILE_STEP_VAR = "VLLM_SPD_PROFILE_STEP"
 
 
 def skip_version_check() -> bool:
@@ -21,3 +25,11 @@ def cache_dir() -> str:
 
 def stage_timeout_s() -> float:
     return float(os.environ.get(STAGE_TIMEOUT_VAR) or 600)
+
+
+def profile_dir() -> str | None:
+    return os.environ.get(PROFILE_DIR_VAR) or None
+
+
+def profile_step() -> int:
+    return int(os.environ.get(PROFILE_STEP_VAR) or 10)

@@ -38,6 +38,7 @@ from vllm_spd.ngram import match_ngram, propose_ngram
 from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
 from vllm_spd.staged import Chunk, SliceRunner
+from vllm_spd.step_profiler import StepProfiler
 
 logger = logging.getLogger("vllm_spd")
 
@@ -259,7 +260,10 @@ class SPDRunnerMixin:
         if prefill:
             committed.update(self._spd_prefill(prefill))
         if decode:
-            committed.update(self._spd_decode(decode, stats))
+            if getattr(self, "spd_profiler", None) is None:
+                self.spd_profiler = StepProfiler(0 if self.spd_link is None else self.spd_link.stage)
+            with self.spd_profiler.decode_step(self.spd_timer):
+                committed.update(self._spd_decode(decode, stats))
 
         req_ids = list(batch.req_ids)
         out = ModelRunnerOutput(
