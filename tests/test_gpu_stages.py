@@ -1,5 +1,6 @@
 """One stage per GPU (NCCL between ranks), decode stages through vLLM's compiled model
-and piecewise CUDA graphs: greedy output identical to plain vLLM, also compiled.
+and its full decode CUDA graphs (padded batches included: four prompts while the
+pipelines fill): greedy output identical to plain vLLM, also compiled.
 Skipped without at least two CUDA GPUs (CI has none)."""
 
 import pytest

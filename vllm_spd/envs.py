@@ -8,6 +8,8 @@ SKIP_VERSION_CHECK_VAR = "VLLM_SPD_SKIP_VERSION_CHECK"
 STAGE_TIMEOUT_VAR = "VLLM_SPD_STAGE_TIMEOUT_S"
 #: Where offline-built models and default heads are cached.
 CACHE_DIR_VAR = "VLLM_SPD_CACHE"
+#: "0" keeps stage forwards off vLLM's full decode CUDA graphs (piecewise graphs only).
+FULL_GRAPHS_VAR = "VLLM_SPD_FULL_GRAPHS"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -33,3 +35,7 @@ def profile_dir() -> str | None:
 
 def profile_step() -> int:
     return int(os.environ.get(PROFILE_STEP_VAR) or 10)
+
+
+def full_graphs() -> bool:
+    return os.environ.get(FULL_GRAPHS_VAR, "1").lower() not in ("0", "false", "no")

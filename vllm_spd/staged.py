@@ -115,21 +115,23 @@ class SliceRunner:
 
     def run_model(self, chunks: list[Chunk], layer_names: list[str], input_ids=None, intermediate=None):
         """One token per chunk through the runner's own model forward: this rank's layer
-        slice, compiled, and replayed from vLLM's piecewise CUDA graphs where the batch
-        size was captured. Inputs must already sit in the runner's persistent buffers
-        (``input_ids``, ``intermediate_tensors``); positions are copied here."""
+        slice, compiled, and replayed from vLLM's CUDA graphs where the batch size was
+        captured: the full decode graph (attention included) when every chunk is one
+        token, else the piecewise graphs. Inputs must already sit in the runner's
+        persistent buffers (``input_ids``, ``intermediate_tensors``); positions are
+        copied here."""
         from vllm.config import CUDAGraphMode
         from vllm.forward_context import set_forward_context
 
         runner = self.runner
         n = len(chunks)
-        mode, desc = CUDAGraphMode.NONE, None
-        dispatcher = getattr(runner, "cudagraph_dispatcher", None)
-        if dispatcher is not None:
-            mode, desc = dispatcher.dispatch(n, valid_modes={CUDAGraphMode.PIECEWISE, CUDAGraphMode.NONE})
+        mode, desc = self._dispatch(chunks)
         padded = desc.num_tokens if desc is not None else n
-        attn, slots, positions = self.metadata_for(chunks, layer_names, pad_to=padded)
-        runner.positions[:n].copy_(positions, non_blocking=True)
+        if mode == CUDAGraphMode.FULL:
+            attn, slots = self._graph_metadata(chunks, layer_names, padded)
+        else:
+            attn, slots, positions = self.metadata_for(chunks, layer_names, pad_to=padded)
+            runner.positions[:n].copy_(positions, non_blocking=True)
         if intermediate is not None:
             intermediate = intermediate[:padded]
         with set_forward_context(attn, runner.vllm_config, num_tokens=padded, cudagraph_runtime_mode=mode,
@@ -137,3 +139,82 @@ class SliceRunner:
             return runner.model(input_ids=None if input_ids is None else input_ids[:padded],
                                 positions=runner.positions[:padded], intermediate_tensors=intermediate,
                                 inputs_embeds=None)
+
+    def _dispatch(self, chunks: list[Chunk]):
+        """vLLM's CUDA-graph mode and padded batch for these chunks (NONE without graphs)."""
+        from vllm.config import CUDAGraphMode
+
+        dispatcher = getattr(self.runner, "cudagraph_dispatcher", None)
+        if dispatcher is None:
+            return CUDAGraphMode.NONE, None
+        uniform = all(c.num_tokens == 1 for c in chunks)
+        modes = {CUDAGraphMode.PIECEWISE, CUDAGraphMode.NONE}
+        if uniform and self.full_graphs:
+            modes.add(CUDAGraphMode.FULL)
+        return dispatcher.dispatch(len(chunks), uniform_decode=uniform, valid_modes=modes)
+
+    @property
+    def full_graphs(self) -> bool:
+        """Full decode graphs are replayed for stage forwards: on unless switched off by
+        ``VLLM_SPD_FULL_GRAPHS=0``, and only with one KV-cache group (their metadata
+        lives in the runner's persistent buffers, which hold one block table)."""
+        from vllm_spd import envs
+
+        groups = getattr(getattr(self.runner, "kv_cache_config", None), "kv_cache_groups", ())
+        return envs.full_graphs() and len(groups) == 1
+
+    def _graph_metadata(self, chunks: list[Chunk], layer_names: list[str], padded: int):
+        """Attention metadata for one token per chunk, written into the persistent
+        buffers vLLM captured its full decode graphs with (query start locations,
+        sequence lengths, positions, block table rows 0..padded-1, slot mapping), the
+        way vLLM pads a decode batch: padded rows have no query and no KV slot.
+        Copies come from pageable memory: a copy has read its source when it returns,
+        so the next cycle may rewrite these arrays while this one's copies are queued."""
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        runner = self.runner
+        n = len(chunks)
+        pos = np.fromiter((c.start for c in chunks), dtype=np.int64, count=n)
+        rows = [c.req_index for c in chunks]
+        bt = runner.input_batch.block_table[0]
+        table = bt.get_cpu_tensor()[rows]
+        blocks = table.numpy()[np.arange(n), pos // self.block_size]
+        qsl = runner.query_start_loc
+        qsl.np[: n + 1] = np.arange(n + 1)
+        qsl.np[n + 1: padded + 1] = n
+        qsl.gpu[: padded + 1].copy_(torch.from_numpy(qsl.np[: padded + 1].copy()), non_blocking=True)
+        seq_lens = np.zeros(padded, dtype=np.int32)
+        seq_lens[:n] = pos + 1
+        runner.seq_lens[:padded].copy_(torch.from_numpy(seq_lens), non_blocking=True)
+        runner.positions[:n].copy_(torch.from_numpy(pos), non_blocking=True)
+        device_table = bt.get_device_tensor(padded)
+        device_table[:n].copy_(table, non_blocking=True)
+        if padded > n:
+            device_table[n:].fill_(0)   # vLLM's null block for padded rows
+        slots = np.full(padded, -1, dtype=np.int64)
+        slots[:n] = blocks.astype(np.int64) * self.block_size + pos % self.block_size
+        slot_mapping = bt.slot_mapping.gpu[:padded]
+        slot_mapping.copy_(torch.from_numpy(slots), non_blocking=True)
+        cm = CommonAttentionMetadata(
+            query_start_loc=qsl.gpu[: padded + 1],
+            query_start_loc_cpu=qsl.cpu[: padded + 1],
+            seq_lens=runner.seq_lens[:padded],
+            num_reqs=padded,
+            num_actual_tokens=padded,
+            max_query_len=1,
+            max_seq_len=int(seq_lens.max()),
+            block_table_tensor=device_table,
+            slot_mapping=slot_mapping,
+            causal=True,
+        )
+        wanted = set(layer_names)
+        attn, slot_of = {}, {}
+        for group in runner.attn_groups:
+            for attn_group in group:
+                names = [name for name in attn_group.layer_names if name in wanted]
+                if names:
+                    meta = attn_group.build_metadata(cm)
+                    for name in names:
+                        attn[name] = meta
+                        slot_of[name] = slot_mapping
+        return attn, slot_of

@@ -1,0 +1,89 @@
+"""The full-decode-graph metadata (written into the runner's persistent buffers) says
+the same as the per-call metadata for the real rows, and pads the way vLLM pads."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from vllm_spd.staged import Chunk, SliceRunner
+
+BLOCK = 4
+
+
+class _Buffer:
+    """The shape of vLLM's CpuGpuBuffer that the runner's buffers have."""
+
+    def __init__(self, *size, dtype):
+        self.cpu = torch.zeros(*size, dtype=dtype)
+        self.gpu = torch.full(size, 99, dtype=dtype)
+        self.np = self.cpu.numpy()
+
+
+class _Group:
+    def __init__(self, names):
+        self.layer_names = names
+        self.built = []
+
+    def build_metadata(self, cm):
+        self.built.append(cm)
+        return cm
+
+
+def _runner(max_reqs=8, max_blocks=6):
+    table = _Buffer(max_reqs, max_blocks, dtype=torch.int32)
+    gen = np.random.default_rng(0)
+    table.cpu[:] = torch.from_numpy(gen.permutation(max_reqs * max_blocks).reshape(max_reqs, max_blocks) + 1)
+    table.gpu.copy_(table.cpu)
+    bt = SimpleNamespace(block_table=table, slot_mapping=_Buffer(64, dtype=torch.int64),
+                         get_cpu_tensor=lambda: table.cpu, get_device_tensor=lambda n: table.gpu[:n])
+    group = _Group(["l0", "l1", "other"])
+    return SimpleNamespace(
+        device=torch.device("cpu"), cache_config=SimpleNamespace(block_size=BLOCK),
+        input_batch=SimpleNamespace(block_table=[bt]), query_start_loc=_Buffer(65, dtype=torch.int32),
+        seq_lens=torch.full((64,), 7, dtype=torch.int32), positions=torch.full((64,), 5, dtype=torch.int64),
+        attn_groups=[[group]], kv_cache_config=SimpleNamespace(kv_cache_groups=[0])), group
+
+
+def test_graph_metadata_matches_per_call_metadata_and_pads():
+    runner, group = _runner()
+    sr = SliceRunner(runner, {0: "l0", 1: "l1"})
+    chunks = [Chunk(5, 9, 1), Chunk(2, 3, 1), Chunk(6, 17, 1)]   # rows out of order
+    n, padded = len(chunks), 4
+    ref, ref_pos = sr._common_metadata(chunks, pad_to=padded)
+    attn, slots = sr._graph_metadata(chunks, ["l0", "l1"], padded)
+    cm = group.built[-1]
+    assert set(attn) == {"l0", "l1"} and all(attn[k] is cm for k in attn)
+    assert all(slots[k] is cm.slot_mapping for k in slots)
+    # The real rows: what the per-call metadata says.
+    assert torch.equal(cm.query_start_loc[: n + 1], ref.query_start_loc)
+    assert torch.equal(cm.seq_lens[:n], ref.seq_lens)
+    assert torch.equal(cm.block_table_tensor[:n], ref.block_table_tensor)
+    assert torch.equal(cm.slot_mapping, ref.slot_mapping)            # padded slot -1 in both
+    assert torch.equal(runner.positions[:n], ref_pos)
+    assert cm.max_seq_len == ref.max_seq_len == 18 and cm.max_query_len == 1
+    # Padding as vLLM pads a decode batch: no query, no sequence, null block, no slot.
+    assert cm.num_reqs == cm.num_actual_tokens == padded
+    assert cm.query_start_loc.tolist() == [0, 1, 2, 3, 3]
+    assert cm.query_start_loc_cpu.tolist() == [0, 1, 2, 3, 3]
+    assert cm.seq_lens[n:].tolist() == [0]
+    assert cm.block_table_tensor[n:].eq(0).all()
+    # It is the runner's persistent memory that holds all of this (what the graph reads).
+    bt = runner.input_batch.block_table[0]
+    assert cm.block_table_tensor.data_ptr() == bt.block_table.gpu.data_ptr()
+    assert cm.slot_mapping.data_ptr() == bt.slot_mapping.gpu.data_ptr()
+    assert cm.seq_lens.data_ptr() == runner.seq_lens.data_ptr()
+    assert cm.query_start_loc.data_ptr() == runner.query_start_loc.gpu.data_ptr()
+    # Rows past the padded batch are left alone.
+    assert bt.block_table.gpu[padded:].equal(bt.block_table.cpu[padded:])
+
+
+def test_full_graphs_switch(monkeypatch):
+    runner, _ = _runner()
+    sr = SliceRunner(runner, {0: "l0"})
+    assert sr.full_graphs
+    monkeypatch.setenv("VLLM_SPD_FULL_GRAPHS", "0")
+    assert not sr.full_graphs
+    monkeypatch.delenv("VLLM_SPD_FULL_GRAPHS")
+    runner.kv_cache_config.kv_cache_groups = [0, 1]   # hybrid models: piecewise only
+    assert not sr.full_graphs
