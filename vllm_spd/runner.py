@@ -539,7 +539,8 @@ class SPDRunnerMixin:
             drafts = [c.token if c is not None else -1 for c in cands]
             qs = [req.draft_q.get(c.pos) if c is not None else None for (req, _), c in zip(done, cands)]
             accepted, tokens = verify_drafts(logits, drafts, qs, samplings, self._spd_draft_vocab())
-            for (req, _), ok, token in zip(done, accepted.tolist(), tokens.tolist()):
+            ok_and_token = torch.stack([accepted.to(tokens.dtype), tokens]).tolist()   # one device sync
+            for (req, _), ok, token in zip(done, *ok_and_token):
                 verdicts[req.req_id] = (bool(ok), int(token))
         return [verdicts.get(req.req_id) for req in active]
 
@@ -700,9 +701,10 @@ class SPDRunnerMixin:
         # The rows are gathered on the main stream: anchors are final there, and may be
         # freed once copied.
         stack = torch.zeros(lay.num_types, len(rows_type), H, dtype=dtype, device=self.device)
-        for r, anchors in enumerate(rows_anchor):
-            for a, v in enumerate(anchors):
-                stack[a, r] = v
+        where = [(a, r, v) for r, anchors in enumerate(rows_anchor) for a, v in enumerate(anchors)]
+        if where:   # one gather and one scatter, not a copy per (row, anchor)
+            at = torch.tensor([(a, r) for a, r, _ in where], device=self.device).T
+            stack[at[0], at[1]] = torch.stack([v for _, _, v in where]).to(dtype)
         types = torch.tensor(rows_type, device=self.device)
         last = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
         greedy = all(req.sampling.greedy for req in owners)
