@@ -236,6 +236,25 @@ def print_table(rows: list[dict]) -> None:
             print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")
 
 
+def _settings(a) -> dict:
+    return dict(hardware=f"{a.num_stages}x {_gpu_name()}", config=os.path.basename(a.config),
+                num_stages=a.num_stages, input_len=a.input_len, output_len=a.output_len, runs=a.runs,
+                dtype=a.dtype)
+
+
+def _earlier_rows(a) -> list[dict]:
+    """Rows already in ``--out`` from a run of the same settings (for ``--append``)."""
+    if not a.out or not os.path.exists(a.out):
+        return []
+    with open(a.out) as f:
+        earlier = json.load(f)
+    mine = _settings(a)
+    differ = {k: (earlier.get(k), v) for k, v in mine.items() if earlier.get(k) != v}
+    if differ:
+        raise SystemExit(f"--append: {a.out} holds a run with other settings {differ}")
+    return earlier["rows"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=os.path.join(HERE, "configs", "qwen3_8b.json"))
@@ -262,12 +281,16 @@ def main(argv=None) -> None:
     ap.add_argument("--gpu-mem", type=float, default=0.85)
     ap.add_argument("--system-timeout", type=int, default=1800, help="seconds per system before giving up")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="add this run's rows to --out when it holds a run of the same settings (hardware, "
+                         "config, stages, lengths, runs, dtype), e.g. the other systems of one session "
+                         "split over several calls; without it --out is overwritten")
     ap.add_argument("--system", default=None, help=argparse.SUPPRESS)   # internal: run one system
     a = ap.parse_args(argv)
     if a.system:
         print("ROWS " + json.dumps(run_system(a)), flush=True)
         return
-    rows = []
+    rows = _earlier_rows(a) if a.append else []
     for system in a.systems:
         env = dict(os.environ)
         if system == "tp1":
@@ -298,9 +321,7 @@ def main(argv=None) -> None:
             continue
         rows += json.loads(found[-1][5:])
         print(f"[{system}] done", flush=True)
-        result = dict(hardware=f"{a.num_stages}x {_gpu_name()}", config=os.path.basename(a.config),
-                      num_stages=a.num_stages, input_len=a.input_len, output_len=a.output_len, runs=a.runs,
-                      dtype=a.dtype, rows=rows)
+        result = dict(_settings(a), rows=rows)
         if a.out:   # after every system, so a cut-off run keeps what it measured
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as f:

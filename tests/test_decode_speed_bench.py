@@ -40,3 +40,20 @@ def test_decode_speed_cpu(tiny_qwen3, tmp_path, monkeypatch, capsys):
         assert split[1]["ms_per_cycle"]["verify"] > 0 and split[0]["ms_per_cycle"]["verify"] == 0
     assert spd[2]["cycle_split"][1]["ms_per_cycle"]["draft"] > spd[0]["cycle_split"][1]["ms_per_cycle"]["draft"]
     assert "SPD n=2 oracle alpha=1.0" in capsys.readouterr().out
+
+
+def test_append_keeps_rows_of_the_same_settings_only(tmp_path):
+    import argparse
+
+    import decode_speed
+    import pytest
+
+    out = tmp_path / "r.json"
+    a = argparse.Namespace(num_stages=2, config="/x/qwen3_8b.json", input_len=128, output_len=512, runs=2,
+                           dtype="bfloat16", out=str(out))
+    assert decode_speed._earlier_rows(a) == []          # nothing there yet
+    out.write_text(json.dumps(dict(decode_speed._settings(a), rows=[{"system": "tp1"}])))
+    assert decode_speed._earlier_rows(a) == [{"system": "tp1"}]
+    a.output_len = 256
+    with pytest.raises(SystemExit, match="output_len"):
+        decode_speed._earlier_rows(a)

@@ -87,3 +87,31 @@ def test_full_graphs_switch(monkeypatch):
     monkeypatch.delenv("VLLM_SPD_FULL_GRAPHS")
     runner.kv_cache_config.kv_cache_groups = [0, 1]   # hybrid models: piecewise only
     assert not sr.full_graphs
+
+
+def test_extra_layers_get_their_own_metadata_builder():
+    """The draft module's layers build metadata with a builder of their own (its
+    persistent buffers are not the ones the stage forward's graphs read)."""
+    from vllm.v1.worker.utils import AttentionGroup
+
+    class Builder:
+        requires_block_table_width = False
+
+        def __init__(self, spec, names, vllm_config, device):
+            self.names = list(names)
+
+        def build(self, common_prefix_len, cm):
+            return self
+
+    backend = SimpleNamespace(get_builder_cls=lambda: Builder)
+    group = AttentionGroup(backend, ["t0", "t1", "d0"], SimpleNamespace(block_size=BLOCK), 0)
+    group.metadata_builders = [Builder(None, group.layer_names, None, None)]
+    runner, _ = _runner()
+    runner.attn_groups = [[group]]
+    runner.vllm_config = None
+    sr = SliceRunner(runner, {0: "t0", 1: "t1"}, extra_layer_names=["d0"])
+    attn, _, _ = sr.metadata_for([Chunk(0, 3, 1)], ["t0", "t1", "d0"])
+    assert attn["t0"] is attn["t1"] is group.metadata_builders[0]    # the target's own builder
+    assert attn["d0"] is not group.metadata_builders[0] and attn["d0"].names == ["d0"]
+    again, _, _ = sr.metadata_for([Chunk(0, 4, 1)], ["d0"])
+    assert again["d0"] is attn["d0"]                                  # made once, reused

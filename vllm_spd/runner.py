@@ -212,7 +212,7 @@ class SPDRunnerMixin:
         the model's auxiliary hidden states (hidden + residual after a layer, the same
         definition as an anchor), local to this rank."""
         stage = self.spd_link.stage
-        local = [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0] if self.spd_cfg.model else []
+        local = self._spd_stage_anchor_ids(stage)
         if local and not hasattr(tm, "_maybe_add_hidden_state"):
             raise RuntimeError(f"spd: {type(tm).__name__} cannot return auxiliary hidden states (the draft "
                                "module's anchors) from its forward")
@@ -302,22 +302,24 @@ class SPDRunnerMixin:
             if 0 in lay.anchors:
                 anchors[0] = hidden
         else:
-            x = link.recv((2, num_tokens, self.spd_hidden_size), self.spd_dtype, link.stage - 1, TAG_STAGE)
+            prev = link.stage - 1
+            ks = self._spd_stage_anchor_ids(prev) if self.spd_is_controller else []
+            x = link.recv((2 + len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, prev, TAG_STAGE)
             hidden, residual = x[0], x[1]
+            anchors.update(zip(ks, x[2:]))
         hidden, residual, caught = self.spd_slices.run_layers(
             tm.layers, first, last, chunks, hidden, residual, capture=set(lay.anchors))
         anchors.update(caught)
         if not self.spd_is_controller:
-            link.send(torch.stack([hidden, residual]), link.stage + 1, TAG_STAGE)
-            self._spd_send_anchors(anchors)
+            self._spd_send_rows(link.stage, hidden, residual, anchors)
         elif self.spd_pdm is not None:
             if link is not None:
-                for stage in range(link.controller):
-                    ks = self._spd_sent_anchors(stage)
-                    if not ks:
-                        continue
-                    got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage, TAG_ANCHORS)
-                    anchors.update(zip(ks, got))
+                for stage in range(link.controller - 1):
+                    ks = self._spd_stage_anchor_ids(stage)
+                    if ks:
+                        got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage,
+                                        TAG_ANCHORS)
+                        anchors.update(zip(ks, got))
             if 0 in lay.anchors and 0 not in anchors:
                 anchors[0] = self._spd_embed(chunk_ids())
             stack = torch.stack([anchors[k] for k in lay.anchors])
@@ -361,15 +363,26 @@ class SPDRunnerMixin:
     def spd_dtype(self) -> torch.dtype:
         return self.model_config.dtype
 
-    def _spd_sent_anchors(self, stage: int) -> list[int]:
-        """Anchors ``stage`` sends to the controller (anchor 0 it embeds itself)."""
+    def _spd_stage_anchor_ids(self, stage: int) -> list[int]:
+        """Anchors that ``stage``'s forward produces for the draft module: none without
+        one, and never anchor 0 (the controller embeds the token itself)."""
+        if self.spd_cfg.model is None:
+            return []
         return [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0]
 
-    def _spd_send_anchors(self, anchors: dict) -> None:
-        """This stage's anchors to the controller's draft module (none to send: no message)."""
-        ks = self._spd_sent_anchors(self.spd_link.stage)
-        if self.spd_cfg.model is not None and ks:
-            self.spd_link.send(torch.stack([anchors[k] for k in ks]), self.spd_link.controller, TAG_ANCHORS)
+    def _spd_send_rows(self, stage: int, hidden, residual, anchors: dict) -> None:
+        """A non-controller stage's output: its rows to the next stage and its anchors to
+        the controller, in one message when the next stage is the controller (a message
+        costs host time on both ends every cycle). No anchors: no anchor message."""
+        link = self.spd_link
+        ks = self._spd_stage_anchor_ids(stage)
+        parts = [hidden, residual]
+        if stage + 1 == link.controller:
+            link.send(torch.stack(parts + [anchors[k] for k in ks]), stage + 1, TAG_STAGE)
+            return
+        link.send(torch.stack(parts), stage + 1, TAG_STAGE)
+        if ks:
+            link.send(torch.stack([anchors[k] for k in ks]), link.controller, TAG_ANCHORS)
 
     def _spd_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings (anchor 0); the controller of an untied target keeps a copy."""
@@ -451,8 +464,7 @@ class SPDRunnerMixin:
                 hidden, residual, caught = self.spd_slices.run_layers(
                     tm.layers, first, last, chunks, hidden, residual, capture)
             if link is not None and not link.is_controller:
-                link.send(torch.stack([hidden, residual]), stage + 1, TAG_STAGE)
-                self._spd_send_anchors(caught)
+                self._spd_send_rows(stage, hidden, residual, caught)
                 continue
             if stage == 0 and 0 in capture:
                 caught[0] = self._spd_embed(torch.tensor([e.token for _, e in work], device=self.device))
@@ -501,22 +513,27 @@ class SPDRunnerMixin:
         def alive(req, e):
             return any(x is e for x in req.pipe.window)
 
+        def keep_anchors(rows, x, ks):
+            for row, (req, e) in enumerate(rows):
+                if alive(req, e):
+                    req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
+
         if link.stage > 0:
-            rows = rows_of(link.stage - 1)
+            prev = link.stage - 1
+            rows = rows_of(prev)
+            # From the stage before the controller, its anchors ride in the same message.
+            ks = self._spd_stage_anchor_ids(prev) if link.is_controller else []
             if rows:
-                x = link.recv((2, len(rows), H), dtype, link.stage - 1, TAG_STAGE)
+                x = link.recv((2 + len(ks), len(rows), H), dtype, prev, TAG_STAGE)
                 for row, (req, e) in enumerate(rows):
                     if alive(req, e):
                         req.carry[e.pos] = (x[0, row], x[1, row])
-        if link.is_controller and self.spd_pdm is not None:
-            for stage in range(link.controller):
-                rows, ks = rows_of(stage), self._spd_sent_anchors(stage)
-                if not rows or not ks:
-                    continue
-                x = link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS)
-                for row, (req, e) in enumerate(rows):
-                    if alive(req, e):
-                        req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
+                keep_anchors(rows, x[2:], ks)
+        if link.is_controller:
+            for stage in range(link.controller - 1):
+                rows, ks = rows_of(stage), self._spd_stage_anchor_ids(stage)
+                if rows and ks:
+                    keep_anchors(rows, link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS), ks)
         link.wait_sends()
 
     def _spd_judge(self, active) -> list[tuple[bool, int] | None]:

@@ -47,8 +47,7 @@ class SliceRunner:
         rows = [c.req_index for c in chunks]
         table = self.runner.input_batch.block_table[0].get_cpu_tensor()[rows]
         req_of_token = np.repeat(np.arange(len(chunks)), counts)
-        block_ids = table.numpy()[req_of_token, positions // self.block_size]
-        slots = block_ids.astype(np.int64) * self.block_size + positions % self.block_size
+        slots = self._slot_ids(table, req_of_token, positions)
         if pad_to is not None and pad_to > len(slots):
             # Padded rows (CUDA-graph sizes) write no KV: vLLM's pad slot id.
             slots = np.concatenate([slots, np.full(pad_to - len(slots), -1, dtype=np.int64)])
@@ -68,21 +67,52 @@ class SliceRunner:
         )
         return cm, torch.from_numpy(positions).to(dev, non_blocking=True)
 
+    def _slot_ids(self, table: torch.Tensor, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """KV slot of each token: its row of block table ``table`` at ``positions``."""
+        blocks = table.numpy()[rows, positions // self.block_size]
+        return blocks.astype(np.int64) * self.block_size + positions % self.block_size
+
     def metadata_for(self, chunks: list[Chunk], layer_names: list[str], pad_to: int | None = None):
         """Per-layer attention metadata and slot mappings for ``chunks``."""
         cm, positions = self._common_metadata(chunks, pad_to)
         wanted = set(layer_names)
         attn, slots = {}, {}
-        for group in self.runner.attn_groups:
-            for attn_group in group:
-                names = [n for n in attn_group.layer_names if n in wanted]
-                if not names:
-                    continue
-                meta = attn_group.build_metadata(cm)
-                for n in names:
-                    attn[n] = meta
-                    slots[n] = cm.slot_mapping
+        for attn_group in self._attention_groups():
+            names = [n for n in attn_group.layer_names if n in wanted]
+            if not names:
+                continue
+            meta = attn_group.build_metadata(cm)
+            for n in names:
+                attn[n] = meta
+                slots[n] = cm.slot_mapping
         return attn, slots, positions
+
+    def _attention_groups(self) -> list:
+        """The runner's attention groups, the extra layers (the draft module's) split off
+        into groups of their own, with metadata builders of their own: a builder keeps
+        persistent buffers for CUDA graphs (FlashAttention 3's scheduler metadata) that
+        each build rewrites, and the draft module builds and runs on its own stream
+        while a stage forward builds and replays on the main one."""
+        if getattr(self, "_groups_of", None) is not self.runner.attn_groups:   # built once per KV-cache setup
+            from dataclasses import replace
+
+            extra = set(self.extra_layer_names)
+            groups = []
+            for group in self.runner.attn_groups:
+                for attn_group in group:
+                    mine = [n for n in attn_group.layer_names if n in extra]
+                    if not mine:
+                        groups.append(attn_group)
+                        continue
+                    rest = [n for n in attn_group.layer_names if n not in extra]
+                    if rest:
+                        groups.append(replace(attn_group, layer_names=rest))
+                    own = replace(attn_group, layer_names=mine, metadata_builders=[], kernel_block_table=None)
+                    own.create_metadata_builders(self.runner.vllm_config, self.device,
+                                                 kernel_block_size=attn_group.kernel_block_size)
+                    groups.append(own)
+            self._groups, self._groups_of = groups, self.runner.attn_groups
+        return self._groups
 
     # -- execution ----------------------------------------------------------------
     def run_layers(self, layers, first: int, last: int, chunks: list[Chunk], hidden, residual,
@@ -178,7 +208,6 @@ class SliceRunner:
         rows = [c.req_index for c in chunks]
         bt = runner.input_batch.block_table[0]
         table = bt.get_cpu_tensor()[rows]
-        blocks = table.numpy()[np.arange(n), pos // self.block_size]
         qsl = runner.query_start_loc
         qsl.np[: n + 1] = np.arange(n + 1)
         qsl.np[n + 1: padded + 1] = n
@@ -192,7 +221,7 @@ class SliceRunner:
         if padded > n:
             device_table[n:].fill_(0)   # vLLM's null block for padded rows
         slots = np.full(padded, -1, dtype=np.int64)
-        slots[:n] = blocks.astype(np.int64) * self.block_size + pos % self.block_size
+        slots[:n] = self._slot_ids(table, np.arange(n), pos)
         slot_mapping = bt.slot_mapping.gpu[:padded]
         slot_mapping.copy_(torch.from_numpy(slots), non_blocking=True)
         cm = CommonAttentionMetadata(
@@ -209,12 +238,11 @@ class SliceRunner:
         )
         wanted = set(layer_names)
         attn, slot_of = {}, {}
-        for group in runner.attn_groups:
-            for attn_group in group:
-                names = [name for name in attn_group.layer_names if name in wanted]
-                if names:
-                    meta = attn_group.build_metadata(cm)
-                    for name in names:
-                        attn[name] = meta
-                        slot_of[name] = slot_mapping
+        for attn_group in self._attention_groups():
+            names = [name for name in attn_group.layer_names if name in wanted]
+            if names:
+                meta = attn_group.build_metadata(cm)
+                for name in names:
+                    attn[name] = meta
+                    slot_of[name] = slot_mapping
         return attn, slot_of
