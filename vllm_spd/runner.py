@@ -412,15 +412,15 @@ class SPDRunnerMixin:
             timer = self.spd_timer
             drafts = verdicts = None
             if self.spd_is_controller:
-                # Drafts use features from before this cycle; the draft module overlaps
-                # the stage forward on its own stream.
+                # Drafts use features from before this cycle: gathered now, drafted once
+                # the stage forward is queued (the draft module on its own stream).
                 with timer.phase("draft"):
-                    finish_drafts = self._spd_draft_begin(active, index, limit)
+                    launch_drafts = self._spd_draft_begin(active, index, limit)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
             if self.spd_is_controller:
                 with timer.phase("draft"):
-                    drafts = finish_drafts()
+                    drafts = launch_drafts()()
                 for req, draft in zip(active, drafts):
                     req.pipe.advance(draft)
                 with timer.phase("verify"):
@@ -622,51 +622,63 @@ class SPDRunnerMixin:
         return self.spd_pdm.draft_token_ids if self.spd_pdm is not None else None
 
     def _spd_draft_begin(self, active: list[SPDRequest], index, limit):
-        """Start this cycle's drafting; returns a function that gives the drafts.
+        """Prepare this cycle's drafting; returns ``launch``.
 
-        The draft module's forward goes on its own CUDA stream, so launching the stage
-        forward between the two calls lets both run at once; host-side drafters (n-gram,
-        oracle) are done at once."""
+        The draft module's inputs are gathered now, before the stage forward is queued;
+        ``launch()``, called after it is, starts the draft module on its own CUDA stream
+        (so the two run at once, and the stage's launch waits for no drafting work on the
+        host) and the host-side drafters (n-gram, prompt lookup, oracle), and returns
+        ``finish()``, which gives the drafts."""
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
-        if self.spd_cfg.drafter == "oracle":
+        cfg = self.spd_cfg
+        if cfg.drafter == "oracle":
             if not hasattr(self, "spd_oracle"):
                 from vllm_spd.oracle import OracleDrafter
 
-                self.spd_oracle = OracleDrafter.from_file(self.spd_cfg.oracle_tokens, self.spd_cfg.oracle_alpha,
+                self.spd_oracle = OracleDrafter.from_file(cfg.oracle_tokens, cfg.oracle_alpha,
                                                           self.model_config.get_vocab_size())
             # With a head: priced, not used (the draft module runs as it would).
             priced = self._spd_pdm_begin(active, index, wants) if self.spd_pdm is not None and self.spd_price_pdm \
                 else None
-            drafts = [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
-                      if w else None for req, w in zip(active, wants)]
+
+            def launch_oracle():
+                head = priced() if priced is not None else None
+                drafts = [self.spd_oracle.propose(self.requests[req.req_id].prompt_token_ids, req.pipe.draft_pos)
+                          if w else None for req, w in zip(active, wants)]
+
+                def finish():
+                    if head is not None:
+                        head()
+                        for req in active:
+                            req.draft_q.pop(req.pipe.draft_pos, None)
+                    return drafts
+                return finish
+            return launch_oracle
+        if self.spd_pdm is None:
+            def launch_ngram():
+                drafts = [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
+                return lambda: drafts
+            return launch_ngram
+        launch_head = self._spd_pdm_begin(active, index, wants)
+        if cfg.drafter != "hybrid":
+            return launch_head
+
+        def launch_hybrid():
+            head = launch_head()
+            # Prompt lookup on the host while the draft module runs.
+            lookups = [match_ngram(self._spd_tokens(req, index[req.req_id]), cfg.ngram_max, cfg.hybrid_min_match)
+                       if w else None for req, w in zip(active, wants)]
 
             def finish():
-                if priced is not None:
-                    priced()
-                    for req in active:
+                drafts = head()
+                for i, (req, found) in enumerate(zip(active, lookups)):
+                    if found is not None and drafts[i] is not None:
+                        # The proposal is now deterministic: verification treats it as one-hot.
                         req.draft_q.pop(req.pipe.draft_pos, None)
+                        drafts[i] = found[0]
                 return drafts
             return finish
-        if self.spd_pdm is None:
-            drafts = [self._spd_ngram(req, index[req.req_id]) if w else None for req, w in zip(active, wants)]
-            return lambda: drafts
-        head = self._spd_pdm_begin(active, index, wants)
-        if self.spd_cfg.drafter != "hybrid":
-            return head
-        # Prompt lookup on the host while the draft module runs.
-        cfg = self.spd_cfg
-        lookups = [match_ngram(self._spd_tokens(req, index[req.req_id]), cfg.ngram_max, cfg.hybrid_min_match)
-                   if w else None for req, w in zip(active, wants)]
-
-        def finish():
-            drafts = head()
-            for i, (req, found) in enumerate(zip(active, lookups)):
-                if found is not None and drafts[i] is not None:
-                    # The proposal is now deterministic: verification treats it as one-hot.
-                    req.draft_q.pop(req.pipe.draft_pos, None)
-                    drafts[i] = found[0]
-            return drafts
-        return finish
+        return launch_hybrid
 
     def _spd_tokens(self, req: SPDRequest, idx: int) -> list[int]:
         """The request's committed tokens followed by its unverified in-flight ones."""
@@ -731,36 +743,39 @@ class SPDRunnerMixin:
             side.wait_stream(main)
             stack.record_stream(side)
             types.record_stream(side)
-        q = None
-        with self._spd_on_side_stream():
-            hidden, residual = self._pdm_forward(chunks, stack, types)
-            if greedy:
-                ids = self.spd_pdm.draft_greedy(hidden[last], residual[last])
-            else:
-                logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
-                kw = _row_params([req.sampling for req in owners], self.device)
-                ids, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
-                if side is not None:
-                    q.record_stream(main)   # verification reads it on the main stream
         for req in owners:
-            # The pending row is in the draft module's cache now; its anchors can go.
+            # The pending row goes into the draft module's cache now; its anchors can go.
             if req.pending is not None:
                 req.anchors.pop(req.pending, None)
                 req.pending = None
 
-        def finish() -> list[int | None]:
+        def launch():
+            q = None
             with self._spd_on_side_stream():
-                tokens = ids.tolist()   # waits for the draft module only
-            drafts = []
-            for row, (req, want) in enumerate(zip(owners, wants)):
-                if not want:
-                    drafts.append(None)
-                    continue
-                if q is not None and not req.sampling.greedy:
-                    req.draft_q[req.pipe.draft_pos] = q[row]
-                drafts.append(int(tokens[row]))
-            return drafts
-        return finish
+                hidden, residual = self._pdm_forward(chunks, stack, types)
+                if greedy:
+                    ids = self.spd_pdm.draft_greedy(hidden[last], residual[last])
+                else:
+                    logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
+                    kw = _row_params([req.sampling for req in owners], self.device)
+                    ids, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
+                    if side is not None:
+                        q.record_stream(main)   # verification reads it on the main stream
+
+            def finish() -> list[int | None]:
+                with self._spd_on_side_stream():
+                    tokens = ids.tolist()   # waits for the draft module only
+                drafts = []
+                for row, (req, want) in enumerate(zip(owners, wants)):
+                    if not want:
+                        drafts.append(None)
+                        continue
+                    if q is not None and not req.sampling.greedy:
+                        req.draft_q[req.pipe.draft_pos] = q[row]
+                    drafts.append(int(tokens[row]))
+                return drafts
+            return finish
+        return launch
 
     def _pdm_forward(self, chunks: list[Chunk], stack: torch.Tensor, types: torch.Tensor):
         pdm = self.spd_pdm
