@@ -418,6 +418,9 @@ class SPDRunnerMixin:
                     launch_drafts = self._spd_draft_begin(active, index, limit)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
+            if link is not None:
+                with timer.phase("hop"):
+                    posted = self._spd_post_receives(plan)
             if self.spd_is_controller:
                 with timer.phase("draft"):
                     drafts = launch_drafts()()
@@ -437,7 +440,7 @@ class SPDRunnerMixin:
                 self._spd_apply(active, verdicts, index, committed, stats)
             if link is not None:
                 with timer.phase("hop"):
-                    self._spd_receive(plan)
+                    self._spd_receive(posted)
             timer.cycle_done()
         return committed
 
@@ -501,40 +504,50 @@ class SPDRunnerMixin:
                 batch_size=self.max_num_tokens, dtype=self.spd_dtype, device=self.device)
         return self.intermediate_tensors
 
-    def _spd_receive(self, plan) -> None:
-        """After the cycle: stage s takes what stage s-1 ran (its work next cycle), the
-        controller the anchors of every stage; rows of dropped tokens are discarded."""
+    def _spd_post_receives(self, plan) -> list:
+        """Post this cycle's receives as soon as this rank's stage is queued, off the
+        path from the verdict to the next cycle: stage s gets what stage s-1 runs this
+        cycle (its work next cycle), the controller the anchors of every stage. Both
+        ends know the row counts from the plan."""
         link = self.spd_link
         H, dtype = self.spd_hidden_size, self.spd_dtype
 
         def rows_of(stage):
             return [(req, e) for req, s, e in plan if s == stage]
 
-        def alive(req, e):
-            return any(x is e for x in req.pipe.window)
-
-        def keep_anchors(rows, x, ks):
-            for row, (req, e) in enumerate(rows):
-                if alive(req, e):
-                    req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
-
+        posted = []
         if link.stage > 0:
             prev = link.stage - 1
             rows = rows_of(prev)
             # From the stage before the controller, its anchors ride in the same message.
             ks = self._spd_stage_anchor_ids(prev) if link.is_controller else []
             if rows:
-                x = link.recv((2 + len(ks), len(rows), H), dtype, prev, TAG_STAGE)
-                for row, (req, e) in enumerate(rows):
-                    if alive(req, e):
-                        req.carry[e.pos] = (x[0, row], x[1, row])
-                keep_anchors(rows, x[2:], ks)
+                posted.append((rows, True, ks, *link.post_recv((2 + len(ks), len(rows), H), dtype, prev, TAG_STAGE)))
         if link.is_controller:
             for stage in range(link.controller - 1):
                 rows, ks = rows_of(stage), self._spd_stage_anchor_ids(stage)
                 if rows and ks:
-                    keep_anchors(rows, link.recv((len(ks), len(rows), H), dtype, stage, TAG_ANCHORS), ks)
-        link.wait_sends()
+                    posted.append((rows, False, ks, *link.post_recv((len(ks), len(rows), H), dtype, stage,
+                                                                    TAG_ANCHORS)))
+        return posted
+
+    def _spd_receive(self, posted) -> None:
+        """After the verdicts: take in the posted receives; rows of tokens the cycle's
+        verdicts dropped are discarded."""
+        def alive(req, e):
+            return any(x is e for x in req.pipe.window)
+
+        for rows, carries, ks, x, work in posted:
+            work.wait()
+            if carries:
+                for row, (req, e) in enumerate(rows):
+                    if alive(req, e):
+                        req.carry[e.pos] = (x[0, row], x[1, row])
+                x = x[2:]
+            for row, (req, e) in enumerate(rows):
+                if ks and alive(req, e):
+                    req.anchors.setdefault(e.pos, {}).update({k: x[a, row] for a, k in enumerate(ks)})
+        self.spd_link.wait_sends()
 
     def _spd_judge(self, active) -> list[tuple[bool, int] | None]:
         """Controller: verify every completing token's successor; None where nothing completes."""

@@ -6,12 +6,13 @@ on every rank. Per cycle:
 - stage s sends its output rows (hidden, residual) to stage s+1, which runs them next
   cycle;
 - stages send the anchors they captured to the *controller* (the last stage, which
-  also drafts and verifies);
+  also drafts and verifies); the stage just before the controller sends its rows and
+  anchors as one message;
 - the controller broadcasts the cycle's *control*: the draft and the verdict of every
   active request, so each rank advances identical copies of the request pipelines.
 
 Both sides always know how many rows move (they hold the same pipeline states), so
-no shapes travel. Data goes on a device group of its own (NCCL on GPU, gloo on CPU),
+no shapes travel, and a rank posts its receives as soon as its own stage is queued. Data goes on a device group of its own (NCCL on GPU, gloo on CPU),
 control on a gloo group: never on the groups vLLM's own pipeline transfers use.
 """
 
@@ -62,9 +63,17 @@ class StageLink:
         work = self._dist.isend(tensor, dst=self.ranks[to_stage], group=self.data_group, tag=tag)
         self._sends.append((work, tensor))
 
-    def recv(self, shape, dtype, from_stage: int, tag: int) -> torch.Tensor:
+    def post_recv(self, shape, dtype, from_stage: int, tag: int):
+        """Non-blocking receive: ``(tensor, work)``; ``work.wait()`` before using the
+        tensor (on NCCL that orders the current stream after the transfer, on gloo it
+        blocks until the message is in)."""
         out = torch.empty(shape, dtype=dtype, device=self.device)
-        self._dist.recv(out, src=self.ranks[from_stage], group=self.data_group, tag=tag)
+        work = self._dist.irecv(out, src=self.ranks[from_stage], group=self.data_group, tag=tag)
+        return out, work
+
+    def recv(self, shape, dtype, from_stage: int, tag: int) -> torch.Tensor:
+        out, work = self.post_recv(shape, dtype, from_stage, tag)
+        work.wait()
         return out
 
     def wait_sends(self) -> None:
