@@ -98,6 +98,21 @@ def test_two_ranks_sampling_draws_what_one_worker_draws(predictable, tmp_path):
     assert_identical(one, two)
 
 
+def test_three_ranks_random_head_sampling_draws_what_one_worker_draws(tiny_qwen3, tmp_path):
+    """A random head reads an anchor from every stage, so its seeded T=1 drafts (and the
+    residual draws after a rejection, which depend on the draft's q) match the one-worker
+    placement only if every stage's anchors reach the controller intact: stage 0's in a
+    message of their own, stage 1's riding with its rows."""
+    head = str(tmp_path / "head")
+    cfg = init_head(tiny_qwen3, 3, head)
+    assert len(cfg.anchors) == 4          # the embedding and one per stage
+    spec = {"method": "spd", "num_stages": 3, "model": head}
+    one, _, pp1 = generate(tiny_qwen3, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    three, _, pp3 = generate(tiny_qwen3, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
+    assert (pp1, pp3) == (1, 3)
+    assert_identical(one, three)
+
+
 def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
     """Serving conditions across ranks: a KV cache too small for every request (vLLM
     preempts and recomputes), long prompts prefilled in chunks while others decode, and
