@@ -221,6 +221,7 @@ class SPDRunnerMixin:
             tm._aux_slot_base_cached = 0          # only this rank's anchors, none from upstream
             tm._aux_upstream_total_cached = 0
         self.spd_stage_anchors = local
+        self.spd_inbound = self._spd_inbound()
         first, last = self.spd_layout.ranges[stage]
         self.spd_stage_layer_names = [layer_names[i] for i in range(first, last)]
         if local and self.spd_link.is_controller:
@@ -297,29 +298,21 @@ class SPDRunnerMixin:
                 [batch.token_ids_cpu[c.req_index, c.start:c.start + c.num_tokens] for c in chunks])).to(self.device)
 
         anchors = {}
+        for src, tag, ks, carries in (self.spd_inbound if link is not None else []):
+            x = link.recv((2 * carries + len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, src, tag)
+            if carries:
+                hidden, residual, x = x[0], x[1], x[2:]
+            anchors.update(zip(ks, x))
         if first == 0:
             hidden, residual = tm.embed_input_ids(chunk_ids()), None
             if 0 in lay.anchors:
                 anchors[0] = hidden
-        else:
-            prev = link.stage - 1
-            ks = self._spd_stage_anchor_ids(prev) if self.spd_is_controller else []
-            x = link.recv((2 + len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, prev, TAG_STAGE)
-            hidden, residual = x[0], x[1]
-            anchors.update(zip(ks, x[2:]))
         hidden, residual, caught = self.spd_slices.run_layers(
             tm.layers, first, last, chunks, hidden, residual, capture=set(lay.anchors))
         anchors.update(caught)
         if not self.spd_is_controller:
             self._spd_send_rows(link.stage, hidden, residual, anchors)
         elif self.spd_pdm is not None:
-            if link is not None:
-                for stage in range(link.controller - 1):
-                    ks = self._spd_stage_anchor_ids(stage)
-                    if ks:
-                        got = link.recv((len(ks), num_tokens, self.spd_hidden_size), self.spd_dtype, stage,
-                                        TAG_ANCHORS)
-                        anchors.update(zip(ks, got))
             if 0 in lay.anchors and 0 not in anchors:
                 anchors[0] = self._spd_embed(chunk_ids())
             stack = torch.stack([anchors[k] for k in lay.anchors])
@@ -383,6 +376,23 @@ class SPDRunnerMixin:
         link.send(torch.stack(parts), stage + 1, TAG_STAGE)
         if ks:
             link.send(torch.stack([anchors[k] for k in ks]), link.controller, TAG_ANCHORS)
+
+    def _spd_inbound(self) -> list[tuple[int, int, list[int], bool]]:
+        """What this rank receives per cycle (and per prefill step), the mirror of
+        :meth:`_spd_send_rows`: ``(from_stage, tag, anchor ids, carries rows)``; a message
+        holds the rows (hidden, residual) first when it carries them, then the anchors."""
+        link = self.spd_link
+        inbound = []
+        if link.stage > 0:
+            prev = link.stage - 1
+            # From the stage before the controller, its anchors ride with its rows.
+            inbound.append((prev, TAG_STAGE, self._spd_stage_anchor_ids(prev) if link.is_controller else [], True))
+        if link.is_controller:
+            for stage in range(link.controller - 1):
+                ks = self._spd_stage_anchor_ids(stage)
+                if ks:
+                    inbound.append((stage, TAG_ANCHORS, ks, False))
+        return inbound
 
     def _spd_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings (anchor 0); the controller of an untied target keeps a copy."""
@@ -505,30 +515,17 @@ class SPDRunnerMixin:
         return self.intermediate_tensors
 
     def _spd_post_receives(self, plan) -> list:
-        """Post this cycle's receives as soon as this rank's stage is queued, off the
-        path from the verdict to the next cycle: stage s gets what stage s-1 runs this
-        cycle (its work next cycle), the controller the anchors of every stage. Both
-        ends know the row counts from the plan."""
+        """Post this cycle's receives (:meth:`_spd_inbound`) as soon as this rank's stage
+        is queued, off the path from the verdict to the next cycle: stage s gets what
+        stage s-1 runs this cycle (its work next cycle), the controller the anchors of
+        every stage. Both ends know the row counts from the plan."""
         link = self.spd_link
-        H, dtype = self.spd_hidden_size, self.spd_dtype
-
-        def rows_of(stage):
-            return [(req, e) for req, s, e in plan if s == stage]
-
         posted = []
-        if link.stage > 0:
-            prev = link.stage - 1
-            rows = rows_of(prev)
-            # From the stage before the controller, its anchors ride in the same message.
-            ks = self._spd_stage_anchor_ids(prev) if link.is_controller else []
+        for src, tag, ks, carries in self.spd_inbound:
+            rows = [(req, e) for req, s, e in plan if s == src]
             if rows:
-                posted.append((rows, True, ks, *link.post_recv((2 + len(ks), len(rows), H), dtype, prev, TAG_STAGE)))
-        if link.is_controller:
-            for stage in range(link.controller - 1):
-                rows, ks = rows_of(stage), self._spd_stage_anchor_ids(stage)
-                if rows and ks:
-                    posted.append((rows, False, ks, *link.post_recv((len(ks), len(rows), H), dtype, stage,
-                                                                    TAG_ANCHORS)))
+                shape = (2 * carries + len(ks), len(rows), self.spd_hidden_size)
+                posted.append((rows, carries, ks, *link.post_recv(shape, self.spd_dtype, src, tag)))
         return posted
 
     def _spd_receive(self, posted) -> None:

@@ -75,6 +75,11 @@ class SliceRunner:
     def metadata_for(self, chunks: list[Chunk], layer_names: list[str], pad_to: int | None = None):
         """Per-layer attention metadata and slot mappings for ``chunks``."""
         cm, positions = self._common_metadata(chunks, pad_to)
+        return (*self._per_layer(cm, layer_names), positions)
+
+    def _per_layer(self, cm, layer_names: list[str]):
+        """Each layer's attention metadata built from ``cm`` (once per attention group),
+        and its slot mapping."""
         wanted = set(layer_names)
         attn, slots = {}, {}
         for attn_group in self._attention_groups():
@@ -85,7 +90,7 @@ class SliceRunner:
             for n in names:
                 attn[n] = meta
                 slots[n] = cm.slot_mapping
-        return attn, slots, positions
+        return attn, slots
 
     def _attention_groups(self) -> list:
         """The runner's attention groups, the extra layers (the draft module's) split off
@@ -236,13 +241,4 @@ class SliceRunner:
             slot_mapping=slot_mapping,
             causal=True,
         )
-        wanted = set(layer_names)
-        attn, slot_of = {}, {}
-        for attn_group in self._attention_groups():
-            names = [name for name in attn_group.layer_names if name in wanted]
-            if names:
-                meta = attn_group.build_metadata(cm)
-                for name in names:
-                    attn[name] = meta
-                    slot_of[name] = slot_mapping
-        return attn, slot_of
+        return self._per_layer(cm, layer_names)
