@@ -84,7 +84,6 @@ def stage_layers_for(a, cfg: dict) -> list[int] | None:
     return balanced_stage_layers(L, n, [0.0] * (n - 1) + [controller / layer])
 
 
-
 def _prompts(vocab: int, batch: int, input_len: int):
     rng = random.Random(1000 + batch)
     return [[rng.randrange(1000, vocab - 1000) for _ in range(input_len)] for _ in range(batch)]
@@ -134,7 +133,9 @@ def run_system(a) -> list[dict]:
     n = a.num_stages
     mdir = tempfile.mkdtemp(prefix="spd_dummy_")
     shutil.copy(a.config, os.path.join(mdir, "config.json"))
-    vocab = json.load(open(a.config))["vocab_size"]
+    with open(a.config) as f:
+        cfg = json.load(f)
+    vocab = cfg["vocab_size"]
     kw = dict(model=mdir, load_format="dummy", skip_tokenizer_init=True, dtype=a.dtype,
               max_model_len=a.max_model_len, gpu_memory_utilization=a.gpu_mem, enable_prefix_caching=False,
               seed=0, disable_log_stats=False)
@@ -146,7 +147,7 @@ def run_system(a) -> list[dict]:
     elif system == "ppn":
         kw.update(pipeline_parallel_size=n, distributed_executor_backend="mp")
     elif system == "spd":
-        split = stage_layers_for(a, json.load(open(a.config)))
+        split = stage_layers_for(a, cfg)
         head = os.path.join(mdir, "head")
         # A random head, written by a child process: building its layers here could
         # initialise CUDA in this process before vLLM starts its workers.
