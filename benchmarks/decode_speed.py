@@ -160,7 +160,8 @@ def run_system(a) -> list[dict]:
         json.dump({}, open(rec, "w"))
         kw.update(enforce_eager=a.spd_eager, speculative_config={
             "method": "spd", "num_stages": n, "stage_placement": "pipeline", "drafter": "oracle",
-            "oracle_tokens": rec, "oracle_alpha": 0.0, "model": head, "cycles_per_step": a.cycles_per_step})
+            "oracle_tokens": rec, "oracle_alpha": 0.0, "model": head, "cycles_per_step": a.cycles_per_step,
+            "verdict_lag": a.verdict_lag})
     t0 = time.perf_counter()
     llm = LLM(**kw)
     start_s = round(time.perf_counter() - t0, 1)
@@ -168,6 +169,7 @@ def run_system(a) -> list[dict]:
     base = dict(system=system, num_gpus=1 if system == "tp1" else n, engine_start_s=start_s)
     if system == "spd":
         base["stage_layers"] = llm.llm_engine.vllm_config.speculative_config.stage_layers
+        base["verdict_lag"] = a.verdict_lag
     for b in a.batch:
         prompts = _prompts(vocab, b, a.input_len)
         if system != "spd":
@@ -217,11 +219,12 @@ def _label(r) -> str:
     if r["system"] in ("tpn", "ppn"):
         return f"plain {'TP' if r['system'] == 'tpn' else 'PP'}={n}"
     d = r["drafter"]
+    spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if r.get("verdict_lag") else "")
     if d == "oracle":
-        return f"SPD n={n} oracle alpha={r['alpha']}"
+        return f"{spd} oracle alpha={r['alpha']}"
     if d == "oracle+pdm_priced":
-        return f"SPD n={n} oracle alpha={r['alpha']} + PDM run"
-    return f"SPD n={n} random PDM drafts"
+        return f"{spd} oracle alpha={r['alpha']} + PDM run"
+    return f"{spd} random PDM drafts"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -277,6 +280,8 @@ def main(argv=None) -> None:
                     help="batch sizes that also get the row with the random draft module's own drafts")
     ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=False,
                     help="SPD engine with enforce_eager (stage forwards without torch.compile / CUDA graphs)")
+    ap.add_argument("--verdict-lag", type=int, default=0, choices=[0, 1],
+                    help="SPD's verdict_lag: 1 broadcasts each cycle's drafts without waiting for verification")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-mem", type=float, default=0.85)

@@ -62,6 +62,36 @@ def test_random_head_matches_plain(tiny_qwen3, tiny_reference, num_stages, tmp_p
     assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
 
 
+@pytest.mark.parametrize("num_stages", [1, 2, 4])
+def test_verdict_lag_matches_plain(predictable, num_stages, tmp_path):
+    """verdict_lag 1 (verdicts take effect a cycle after they are computed): exact, and a
+    mostly-right head's late verdicts are used (alpha stays high)."""
+    target, reference = predictable
+    head = mirror_head(target, num_stages, str(tmp_path / "head"))
+    out, counters = generate(target, {"method": "spd", "num_stages": num_stages, "model": head,
+                                      "verdict_lag": 1})
+    assert_identical(reference, out)
+    assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
+    alpha = counters["vllm:spec_decode_num_accepted_tokens"] / counters["vllm:spec_decode_num_draft_tokens"]
+    assert alpha > 0.6, f"alpha={alpha:.2f}"
+
+
+def test_draft_module_paths_agree(predictable, tmp_path, monkeypatch):
+    """The draft module's fixed-shape path (persistent buffers, fixed metadata bounds:
+    what a GPU replays from CUDA graphs) drafts exactly what the eager path drafts."""
+    target, reference = predictable
+    head = mirror_head(target, 3, str(tmp_path / "head"))
+    spec = {"method": "spd", "num_stages": 3, "model": head}
+    counts = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DRAFT_GRAPHS", switch)
+        out, counters = generate(target, spec, prompts=PROMPTS[:6])
+        assert_identical(reference, out)
+        counts[switch] = counters
+    assert counts["1"] == counts["0"]
+    assert counts["1"]["vllm:spec_decode_num_accepted_tokens"] > 0
+
+
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
 def test_mostly_right_head_matches_plain(predictable, num_stages, tmp_path):
     target, reference = predictable

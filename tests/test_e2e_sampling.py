@@ -86,9 +86,12 @@ def predictable(tiny_qwen3, tmp_path_factory):
 # The random head's drafts are nearly always rejected (the residual path); the mirror
 # head's are mostly accepted (the accept path). Breaking verification is detectable
 # with the random head, whose proposal differs from the target by construction.
-@pytest.mark.parametrize("head_kind, broken", [("random_head", False), ("mirror_head", False),
-                                                ("random_head", True)])
-def test_sampled_output_follows_target(head_kind, broken, tiny_qwen3, predictable, tmp_path, monkeypatch):
+# verdict_lag 1 computes each verdict a cycle before it takes effect (and drops those a
+# flush overtakes): the law must not change.
+@pytest.mark.parametrize("head_kind, broken, lag", [("random_head", False, 0), ("mirror_head", False, 0),
+                                                     ("random_head", True, 0), ("random_head", False, 1),
+                                                     ("mirror_head", False, 1)])
+def test_sampled_output_follows_target(head_kind, broken, lag, tiny_qwen3, predictable, tmp_path, monkeypatch):
     head = str(tmp_path / "head")
     if head_kind == "random_head":
         model = tiny_qwen3
@@ -98,7 +101,8 @@ def test_sampled_output_follows_target(head_kind, broken, tiny_qwen3, predictabl
         mirror_head(model, 2, head)
     if broken:
         monkeypatch.setattr(spd_runner, "verify_drafts", always_accept)
-    prompt_ids, pairs, metrics = sample_pairs(model, {"method": "spd", "num_stages": 2, "model": head})
+    prompt_ids, pairs, metrics = sample_pairs(model, {"method": "spd", "num_stages": 2, "model": head,
+                                                      "verdict_lag": lag})
     pvalue = chi_square_pvalue(pairs, exact_pair_law(model, prompt_ids))
     if broken:
         assert pvalue < 1e-6, f"broken verification went unnoticed (p={pvalue:.3g})"

@@ -67,12 +67,15 @@ def test_two_ranks_mirror_head_matches_plain(predictable, tmp_path):
     assert alpha > 0.6, f"the mirror head should draft mostly right across ranks too, alpha={alpha:.2f}"
 
 
-def test_two_ranks_random_head_matches_plain(tiny_qwen3, tmp_path):
+# verdict_lag 1: each cycle's verdicts take effect a cycle late; with a random head
+# nearly every cycle flushes tokens whose verdicts were already queued.
+@pytest.mark.parametrize("extra", [{"cycles_per_step": 3}, {"verdict_lag": 1}], ids=["short_steps", "verdict_lag"])
+def test_two_ranks_random_head_matches_plain(tiny_qwen3, tmp_path, extra):
     reference = generate(tiny_qwen3)[0]
     head = str(tmp_path / "head")
     init_head(tiny_qwen3, 2, head, num_draft_layers=2)
     out, counters, pp = generate(tiny_qwen3, {"method": "spd", "num_stages": 2, "model": head,
-                                              "stage_placement": "pipeline", "cycles_per_step": 3})
+                                              "stage_placement": "pipeline", **extra})
     assert pp == 2
     assert_identical(reference, out)
     assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
@@ -111,6 +114,19 @@ def test_three_ranks_random_head_sampling_draws_what_one_worker_draws(tiny_qwen3
     three, _, pp3 = generate(tiny_qwen3, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
     assert (pp1, pp3) == (1, 3)
     assert_identical(one, three)
+
+
+def test_three_ranks_verdict_lag_sampling_draws_what_one_worker_draws(predictable, tmp_path):
+    """verdict_lag 1, seeded T=1, a mirror head (most drafts accepted, so late verdicts
+    take effect): the pipeline placement draws exactly what the one worker draws."""
+    target, _ = predictable
+    head = mirror_head(target, 3, str(tmp_path / "head"))
+    spec = {"method": "spd", "num_stages": 3, "model": head, "verdict_lag": 1}
+    one, _, pp1 = generate(target, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    three, counters, pp3 = generate(target, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
+    assert (pp1, pp3) == (1, 3)
+    assert_identical(one, three)
+    assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.5 * counters["vllm:spec_decode_num_draft_tokens"]
 
 
 def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):

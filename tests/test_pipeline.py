@@ -90,8 +90,9 @@ def test_gate_stops_at_eos_inside_the_window():
 
 def test_gate_max_tokens_and_min_tokens():
     g = CommitGate(stop_ids={2}, mask_ids={2, 0}, min_tokens=2, max_tokens=4, num_output=0)
-    assert g.masks_stop_tokens                 # the target may not produce a stop yet
-    assert g.admit([5, 6]) == [5, 6] and not g.masks_stop_tokens
+    assert g.masks_stop_tokens()               # the target may not produce a stop yet
+    assert not g.masks_stop_tokens(commits_before=2)
+    assert g.admit([5, 6]) == [5, 6] and not g.masks_stop_tokens()
     assert g.admit([0]) == [0] and not g.stopped       # 0 is only masked, not a stop (ignore_eos)
     assert g.admit([2, 9]) == [2] and g.stopped
     g = CommitGate(stop_ids=set(), mask_ids=set(), min_tokens=0, max_tokens=3, num_output=1)

@@ -66,16 +66,28 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """``hybrid``: shortest matched suffix for which prompt lookup overrides the head."""
     log_interval_s: float = Field(default=10.0, ge=0)
     """Seconds between log lines with alpha and tokens per cycle (0 = off)."""
+    verdict_lag: int = Field(default=0, ge=0, le=1)
+    """Cycles between a token leaving the last stage and its verdict taking effect.
+    0: the controller verifies, then broadcasts the cycle's drafts and verdicts, so every
+    rank's next stage waits for verification. 1: the verdict is computed in the cycle
+    the token leaves the last stage and broadcast in the next one, together with that
+    cycle's drafts as soon as they exist; no rank waits for verification, and a
+    rejected draft costs one more cycle."""
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Cycles from a token entering stage 0 to its verdict: ``num_stages + verdict_lag``."""
+        return self.num_stages + self.verdict_lag
 
     def __post_init__(self):
         if self.method != "spd":
             return super().__post_init__()
         if self.cycles_per_step is None:
             self.cycles_per_step = 2 * self.num_stages
-        if self.cycles_per_step < self.num_stages:
+        if self.cycles_per_step < self.pipeline_depth:
             raise ValueError(
-                f"spd: cycles_per_step={self.cycles_per_step} must be >= num_stages="
-                f"{self.num_stages}, or a step could end with nothing committed"
+                f"spd: cycles_per_step={self.cycles_per_step} must be >= num_stages + verdict_lag="
+                f"{self.pipeline_depth}, or a step could end with nothing committed"
             )
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"spd: ngram_min={self.ngram_min} > ngram_max={self.ngram_max}")
@@ -99,7 +111,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
 SPD_KEYS = frozenset(
     {"method", "num_stages", "model", "drafter", "cycles_per_step", "stage_placement",
      "stage_layers", "ngram_max", "ngram_min", "log_interval_s", "num_speculative_tokens",
-     "oracle_tokens", "oracle_alpha", "hybrid_min_match",
+     "oracle_tokens", "oracle_alpha", "hybrid_min_match", "verdict_lag",
      "enforce_eager"}
 )
 

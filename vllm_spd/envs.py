@@ -10,6 +10,8 @@ STAGE_TIMEOUT_VAR = "VLLM_SPD_STAGE_TIMEOUT_S"
 CACHE_DIR_VAR = "VLLM_SPD_CACHE"
 #: "0" keeps stage forwards off vLLM's full decode CUDA graphs (piecewise graphs only).
 FULL_GRAPHS_VAR = "VLLM_SPD_FULL_GRAPHS"
+#: "0" runs the draft module eagerly instead of replaying its CUDA graphs.
+DRAFT_GRAPHS_VAR = "VLLM_SPD_DRAFT_GRAPHS"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -24,7 +26,6 @@ def cache_dir() -> str:
     return os.environ.get(CACHE_DIR_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "vllm_spd")
 
 
-
 def stage_timeout_s() -> float:
     return float(os.environ.get(STAGE_TIMEOUT_VAR) or 600)
 
@@ -37,5 +38,13 @@ def profile_step() -> int:
     return int(os.environ.get(PROFILE_STEP_VAR) or 10)
 
 
+def _on(var: str) -> bool:
+    return os.environ.get(var, "1").lower() not in ("0", "false", "no")
+
+
 def full_graphs() -> bool:
-    return os.environ.get(FULL_GRAPHS_VAR, "1").lower() not in ("0", "false", "no")
+    return _on(FULL_GRAPHS_VAR)
+
+
+def draft_graphs() -> bool:
+    return _on(DRAFT_GRAPHS_VAR)

@@ -93,11 +93,13 @@ class RequestPipeline:
     def candidate(self) -> InFlight | None:
         """The draft the completing token verifies (None: nothing was drafted there)."""
         done = self.completing()
-        if done is None:
-            return None
-        for e in self.window:
-            if e.pos == done.pos + 1:
-                return e
+        return None if done is None else self.successor(done)
+
+    def successor(self, e: InFlight) -> InFlight | None:
+        """The in-flight token right after ``e`` (the draft its verdict judges), if any."""
+        for x in self.window:
+            if x.pos == e.pos + 1:
+                return x
         return None
 
     def resolve(self, accepted: bool, token: int) -> CycleOutcome:
@@ -154,6 +156,7 @@ class CommitGate:
                 self.stopped = True
         return kept
 
-    @property
-    def masks_stop_tokens(self) -> bool:
-        return self.num_output < self.min_tokens and bool(self.mask_ids)
+    def masks_stop_tokens(self, commits_before: int = 0) -> bool:
+        """Whether the target masks stop tokens for the token committed after
+        ``commits_before`` more commits (a verdict computed a cycle ahead)."""
+        return self.num_output + commits_before < self.min_tokens and bool(self.mask_ids)

@@ -37,7 +37,7 @@ from vllm_spd.cycle_timer import CycleTimer
 from vllm_spd.ngram import match_ngram, propose_ngram
 from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
-from vllm_spd.staged import Chunk, SliceRunner
+from vllm_spd.staged import Chunk, SliceRunner, to_device
 from vllm_spd.step_profiler import StepProfiler
 
 logger = logging.getLogger("vllm_spd")
@@ -66,10 +66,10 @@ def _row_params(samplings: list[RequestSampling], device) -> dict:
     """Per-row sampling settings as ``verify`` takes them (None = off for every row)."""
     def col(name, off):
         values = [getattr(s, name) for s in samplings]
-        return None if all(v == off for v in values) else torch.tensor(values, device=device)
+        return None if all(v == off for v in values) else torch.tensor(values).to(device, non_blocking=True)
 
     gens = {i: s.generator for i, s in enumerate(samplings) if s.generator is not None}
-    return dict(temperature=torch.tensor([s.temperature for s in samplings], device=device),
+    return dict(temperature=torch.tensor([s.temperature for s in samplings]).to(device, non_blocking=True),
                 top_k=col("top_k", 0), top_p=col("top_p", 1.0), min_p=col("min_p", 0.0),
                 generators=gens or None)
 
@@ -88,7 +88,7 @@ def verify_drafts(logits, drafts: list[int], qs: list, samplings: list[RequestSa
     """Verify one draft per row; ``qs[r]`` is the sampled draft's q (None: deterministic
     proposal, i.e. q is one-hot at the draft). Draft -1 means nothing to verify."""
     device = logits.device
-    draft_ids = torch.tensor(drafts, device=device)
+    draft_ids = to_device(drafts, device)
     if all(s.greedy for s in samplings):
         accepted, token = verify.verify_greedy(logits, draft_ids)
         return accepted & (draft_ids >= 0), token
@@ -119,6 +119,33 @@ class SPDRequest:
     #: pos -> draft proposal q over the draft vocabulary (sampled drafts only)
     draft_q: dict = field(default_factory=dict)
     gate: CommitGate | None = None
+    #: verdict_lag 1: (token, Verdicts, row) of the verdict queued when ``token`` left the last stage
+    early: tuple | None = None
+
+
+class Verdicts:
+    """Verdicts queued on the device (``[2, rows]``: accepted, token), read once: on a
+    GPU copied to pinned host memory without waiting, the wait deferred to the first read."""
+
+    def __init__(self, values: torch.Tensor):
+        self._event = None
+        if values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            values = host
+        self._values = values
+        self._rows = None
+
+    def read(self, row: int) -> tuple[bool, int]:
+        if self._rows is None:
+            if self._event is not None:
+                self._event.synchronize()
+            ok, tokens = self._values.tolist()
+            self._rows = list(zip(ok, tokens))
+        ok, token = self._rows[row]
+        return bool(ok), int(token)
 
 
 @dataclass
@@ -341,7 +368,7 @@ class SPDRunnerMixin:
     def _spd_new_request(self, req_id: str, pos: int) -> SPDRequest:
         state = self.requests[req_id]
         sp = state.sampling_params
-        req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.num_stages, -1, pos),
+        req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.pipeline_depth, -1, pos),
                          RequestSampling.from_params(sp, state.generator))
         stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
         req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
@@ -421,6 +448,9 @@ class SPDRunnerMixin:
             plan = [(req, stage, e) for req in active for stage, e in req.pipe.stage_work(limit[req.req_id])]
             timer = self.spd_timer
             drafts = verdicts = None
+            if link is not None:
+                with timer.phase("hop"):
+                    posted = self._spd_post_receives(plan)
             if self.spd_is_controller:
                 # Drafts use features from before this cycle: gathered now, drafted once
                 # the stage forward is queued (the draft module on its own stream).
@@ -428,9 +458,6 @@ class SPDRunnerMixin:
                     launch_drafts = self._spd_draft_begin(active, index, limit)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
-            if link is not None:
-                with timer.phase("hop"):
-                    posted = self._spd_post_receives(plan)
             if self.spd_is_controller:
                 with timer.phase("draft"):
                     drafts = launch_drafts()()
@@ -465,7 +492,7 @@ class SPDRunnerMixin:
                 continue
             chunks = [Chunk(index[req.req_id], e.pos, 1) for req, e in work]
             if stage == 0:
-                ids = torch.tensor([e.token for _, e in work], device=self.device)
+                ids = to_device([e.token for _, e in work], self.device)
                 hidden, residual = (tm.embed_input_ids(ids) if link is None else ids), None
             else:
                 hidden = torch.stack([req.carry[e.pos][0] for req, e in work])
@@ -480,7 +507,7 @@ class SPDRunnerMixin:
                 self._spd_send_rows(stage, hidden, residual, caught)
                 continue
             if stage == 0 and 0 in capture:
-                caught[0] = self._spd_embed(torch.tensor([e.token for _, e in work], device=self.device))
+                caught[0] = self._spd_embed(to_device([e.token for _, e in work], self.device))
             for row, (req, e) in enumerate(work):
                 req.carry[e.pos] = (hidden[row], None if residual is None else residual[row])
                 if self.spd_pdm is not None:
@@ -515,10 +542,13 @@ class SPDRunnerMixin:
         return self.intermediate_tensors
 
     def _spd_post_receives(self, plan) -> list:
-        """Post this cycle's receives (:meth:`_spd_inbound`) as soon as this rank's stage
-        is queued, off the path from the verdict to the next cycle: stage s gets what
-        stage s-1 runs this cycle (its work next cycle), the controller the anchors of
-        every stage. Both ends know the row counts from the plan."""
+        """Post this cycle's receives (:meth:`_spd_inbound`) first thing in the cycle:
+        stage s gets what stage s-1 runs this cycle (its work next cycle), the
+        controller the anchors of every stage. Both ends know the row counts from the
+        plan. On NCCL a receive waits for the work already queued on this rank's stream
+        when it is posted; posted before this rank's stage forward, it does not wait for
+        that forward, and so neither does the sender's stream (which waits for its send
+        to complete before its next cycle)."""
         link = self.spd_link
         posted = []
         for src, tag, ks, carries in self.spd_inbound:
@@ -547,29 +577,53 @@ class SPDRunnerMixin:
         self.spd_link.wait_sends()
 
     def _spd_judge(self, active) -> list[tuple[bool, int] | None]:
-        """Controller: verify every completing token's successor; None where nothing completes."""
+        """Controller: the verdict on every completing token's successor; None where
+        nothing completes. With ``verdict_lag`` 1 these were computed a cycle ago (read
+        now), and the tokens that just left the last stage are verified here, queued on
+        the device and read next cycle, so nothing waits for this cycle's stage."""
         done = [(req, req.pipe.completing()) for req in active]
         done = [(req, e) for req, e in done if e is not None]
         verdicts: dict[str, tuple[bool, int]] = {}
+        if self.spd_cfg.verdict_lag:
+            late = []
+            for req, e in done:
+                if req.early is not None and req.early[0] is e:
+                    verdicts[req.req_id] = req.early[1].read(req.early[2])
+                else:   # not queued ahead (cannot happen in a lockstep cycle); verify now
+                    late.append((req, e))
+                req.early = None
+            done = late
+            left = [(req, e) for req in active for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
+            if left:
+                # The completing token commits one token before these verdicts apply.
+                queued = Verdicts(self._spd_verify(left, [int(req.pipe.completing() is not None) for req, _ in left]))
+                for row, (req, e) in enumerate(left):
+                    req.early = (e, queued, row)
         if done:
-            model = self.get_model()
-            hidden = torch.stack([req.carry[e.pos][0] for req, e in done])
-            if self.spd_link is not None:   # the last stage's model forward applied the final norm
-                normed = hidden
-            else:
-                residual = torch.stack([req.carry[e.pos][1] for req, e in done])
-                normed, _ = model.model.norm(hidden, residual)
-            logits = model.compute_logits(normed).float()
-            samplings = [req.sampling for req, _ in done]
-            self._spd_apply_min_tokens(logits, [req for req, _ in done])
-            cands = [req.pipe.candidate() for req, _ in done]
-            drafts = [c.token if c is not None else -1 for c in cands]
-            qs = [req.draft_q.get(c.pos) if c is not None else None for (req, _), c in zip(done, cands)]
-            accepted, tokens = verify_drafts(logits, drafts, qs, samplings, self._spd_draft_vocab())
-            ok_and_token = torch.stack([accepted.to(tokens.dtype), tokens]).tolist()   # one device sync
-            for (req, _), ok, token in zip(done, *ok_and_token):
-                verdicts[req.req_id] = (bool(ok), int(token))
+            result = Verdicts(self._spd_verify(done, [0] * len(done)))
+            for row, (req, _) in enumerate(done):
+                verdicts[req.req_id] = result.read(row)
         return [verdicts.get(req.req_id) for req in active]
+
+    def _spd_verify(self, pairs, commits_before: list[int]) -> torch.Tensor:
+        """Queue the verification of each ``(req, e)``: the target's distribution after
+        ``e`` (from its final hidden state) against the draft that follows it. Returns
+        ``[2, len(pairs)]`` on the device: accepted (0/1) and the committed token."""
+        model = self.get_model()
+        hidden = torch.stack([req.carry[e.pos][0] for req, e in pairs])
+        if self.spd_link is not None:   # the last stage's model forward applied the final norm
+            normed = hidden
+        else:
+            residual = torch.stack([req.carry[e.pos][1] for req, e in pairs])
+            normed, _ = model.model.norm(hidden, residual)
+        logits = model.compute_logits(normed).float()
+        reqs = [req for req, _ in pairs]
+        self._spd_apply_min_tokens(logits, reqs, commits_before)
+        cands = [req.pipe.successor(e) for req, e in pairs]
+        drafts = [c.token if c is not None else -1 for c in cands]
+        qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
+        accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
+        return torch.stack([accepted.to(tokens.dtype), tokens])
 
     def _spd_exchange(self, active, drafts, verdicts):
         """Controller -> every rank: per request (draft or -1, verdict 0/1/2, token)."""
@@ -607,10 +661,11 @@ class SPDRunnerMixin:
             st.committed += len(outcome.committed)
 
     @staticmethod
-    def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
-        """vLLM masks stop tokens until min_tokens outputs exist; so does the target here."""
+    def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest], commits_before=None) -> None:
+        """vLLM masks stop tokens until min_tokens outputs exist; so does the target here
+        (``commits_before[r]``: commits still due before row r's token is committed)."""
         for row, req in enumerate(reqs):
-            if req.gate.masks_stop_tokens:
+            if req.gate.masks_stop_tokens(commits_before[row] if commits_before else 0):
                 logits[row, list(req.gate.mask_ids)] = float("-inf")
 
     def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
@@ -713,17 +768,20 @@ class SPDRunnerMixin:
         stream = self._spd_side_stream()
         return nullcontext() if stream is None else torch.cuda.stream(stream)
 
-    def _spd_pdm_begin(self, active, index, wants):
+    def _spd_pdm_rows(self, active, index):
+        """The draft module's rows this cycle: per request its finished token (full
+        depth) then its in-flight tokens, oldest first. Returns ``(chunks, where, types,
+        owners)``: ``where`` lists ``(anchor slot, row, tensor)`` for every anchor a row's
+        type reads."""
         lay = self.spd_layout
         # A token that has not entered stage 0 yet has no anchor 0 (its embedding).
         fresh = [(req, e) for req in active for e in req.pipe.window if 0 not in req.anchors.get(e.pos, {})]
         if fresh:
-            emb = self._spd_embed(
-                torch.tensor([e.token for _, e in fresh], device=self.device))
+            emb = self._spd_embed(to_device([e.token for _, e in fresh], self.device))
             for row, (req, e) in enumerate(fresh):
                 req.anchors.setdefault(e.pos, {})[0] = emb[row]
-        chunks, rows_anchor, rows_type, owners = [], [], [], []
-        for req, want in zip(active, wants):
+        chunks, where, types = [], [], []
+        for req in active:
             rows = []
             if req.pending is not None:
                 rows.append((req.pending, lay.num_stages))
@@ -732,27 +790,49 @@ class SPDRunnerMixin:
             for pos, depth in rows:
                 t = lay.depth_to_type[min(depth, lay.num_stages)]
                 anchors = req.anchors[pos]
-                rows_anchor.append([anchors.get(k) for k in lay.anchors[: t + 1]])
-                rows_type.append(t)
-            owners.append(req)
-        H = self.spd_hidden_size
-        dtype = self.spd_pdm.lm_head.dtype
-        # The rows are gathered on the main stream: anchors are final there, and may be
-        # freed once copied.
-        stack = torch.zeros(lay.num_types, len(rows_type), H, dtype=dtype, device=self.device)
-        where = [(a, r, v) for r, anchors in enumerate(rows_anchor) for a, v in enumerate(anchors)]
-        if where:   # one gather and one scatter, not a copy per (row, anchor)
-            at = torch.tensor([(a, r) for a, r, _ in where], device=self.device).T
-            stack[at[0], at[1]] = torch.stack([v for _, _, v in where]).to(dtype)
-        types = torch.tensor(rows_type, device=self.device)
-        last = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
+                where += [(a, len(types), anchors[k]) for a, k in enumerate(lay.anchors[: t + 1])]
+                types.append(t)
+        return chunks, where, types, list(active)
+
+    def _spd_pdm_begin(self, active, index, wants):
+        chunks, where, rows_type, owners = self._spd_pdm_rows(active, index)
         greedy = all(req.sampling.greedy for req in owners)
+        graphs = self._spd_draft_graphs() if greedy else None
         side = self._spd_side_stream()
+        main = torch.cuda.current_stream(self.device) if side is not None else None
+        if graphs is not None and graphs.fits(chunks):
+            # Inputs into the fixed-shape path's own buffers (anchors are final on this stream).
+            graphs.stage(chunks, where, rows_type)
+
+            def run():
+                return graphs.draft(chunks), None
+        else:
+            lay = self.spd_layout
+            # The rows are gathered on the main stream: anchors are final there, and may
+            # be freed once copied.
+            stack = torch.zeros(lay.num_types, len(rows_type), self.spd_hidden_size, dtype=self.spd_pdm.lm_head.dtype,
+                                device=self.device)
+            if where:   # one gather and one scatter, not a copy per (row, anchor)
+                at = to_device([(a, r) for a, r, _ in where], self.device).T
+                stack[at[0], at[1]] = torch.stack([v for _, _, v in where]).to(stack.dtype)
+            types = to_device(rows_type, self.device)
+            last = to_device([c.num_tokens for c in chunks], self.device).cumsum(0) - 1
+            if side is not None:
+                for t in (stack, types, last):
+                    t.record_stream(side)
+
+            def run():
+                hidden, residual = self._pdm_forward(chunks, stack, types)
+                if greedy:
+                    return self.spd_pdm.draft_greedy(hidden[last], residual[last]), None
+                logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
+                kw = _row_params([req.sampling for req in owners], self.device)
+                ids, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
+                if side is not None:
+                    q.record_stream(main)   # verification reads it on the main stream
+                return ids, q
         if side is not None:
-            main = torch.cuda.current_stream(self.device)
             side.wait_stream(main)
-            stack.record_stream(side)
-            types.record_stream(side)
         for req in owners:
             # The pending row goes into the draft module's cache now; its anchors can go.
             if req.pending is not None:
@@ -760,17 +840,8 @@ class SPDRunnerMixin:
                 req.pending = None
 
         def launch():
-            q = None
             with self._spd_on_side_stream():
-                hidden, residual = self._pdm_forward(chunks, stack, types)
-                if greedy:
-                    ids = self.spd_pdm.draft_greedy(hidden[last], residual[last])
-                else:
-                    logits = self.spd_pdm.draft_logits(hidden[last], residual[last]).float()
-                    kw = _row_params([req.sampling for req in owners], self.device)
-                    ids, q = verify.draft_proposal(logits, self.spd_pdm.draft_token_ids, **kw)
-                    if side is not None:
-                        q.record_stream(main)   # verification reads it on the main stream
+                ids, q = run()
 
             def finish() -> list[int | None]:
                 with self._spd_on_side_stream():
@@ -786,6 +857,34 @@ class SPDRunnerMixin:
                 return drafts
             return finish
         return launch
+
+    def _spd_draft_graphs(self):
+        """The draft module's fixed-shape path (``draft_graphs.py``): captured on a GPU by
+        :meth:`capture_model`, run eagerly on CPU; None where it is off."""
+        if not hasattr(self, "spd_draft_graphs"):
+            from vllm_spd import envs
+            from vllm_spd.draft_graphs import DraftGraphs
+
+            cpu = self.device.type != "cuda" and envs.draft_graphs()
+            self.spd_draft_graphs = DraftGraphs(self) if cpu and self.spd_pdm is not None else None
+        return self.spd_draft_graphs
+
+    def capture_model(self):
+        """vLLM's graphs, then the draft module's (on the controller, where supported)."""
+        size = super().capture_model()
+        if self.spd_pdm is not None:
+            from vllm_spd.draft_graphs import DraftGraphs, graphs_supported
+
+            ok, why = graphs_supported(self)
+            if not ok:
+                logger.info("spd: the draft module runs eagerly (%s)", why)
+                return size
+            free = torch.cuda.mem_get_info(self.device)[0]
+            graphs = DraftGraphs(self)
+            graphs.capture()
+            self.spd_draft_graphs = graphs
+            size = (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
+        return size
 
     def _pdm_forward(self, chunks: list[Chunk], stack: torch.Tensor, types: torch.Tensor):
         pdm = self.spd_pdm

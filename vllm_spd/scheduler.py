@@ -24,8 +24,8 @@ class SPDScheduler(Scheduler):
         super().__init__(vllm_config, *args, **kwargs)
         spec = vllm_config.speculative_config
         self.spd_placeholders = spec.cycles_per_step - 1
-        # In-flight tokens run up to num_stages positions past the committed frontier.
-        self.num_lookahead_tokens = max(self.num_lookahead_tokens, spec.num_stages)
+        # In-flight tokens run up to pipeline_depth positions past the committed frontier.
+        self.num_lookahead_tokens = max(self.num_lookahead_tokens, spec.pipeline_depth)
         self.spd_log_interval = spec.log_interval_s
         self._spd_step_stats: dict = {}
         self._spd_totals = [0, 0, 0, 0]  # cycles, verified, accepted, committed

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 
+def to_device(values, device, dtype=torch.int64) -> torch.Tensor:
+    """A host list on ``device`` without synchronising the stream: a copy from pageable
+    memory has read its source when it returns (``torch.tensor(..., device=...)``
+    waits for everything queued on the stream first)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 @dataclass
 class Chunk:
     req_index: int    # row in the runner's input batch (block table row)
@@ -35,37 +42,84 @@ class SliceRunner:
         self.extra_layer_names = list(extra_layer_names)
 
     # -- metadata ---------------------------------------------------------------
-    def _common_metadata(self, chunks: list[Chunk], pad_to: int | None = None):
-        from vllm.v1.attention.backend import CommonAttentionMetadata
-
+    def _host_metadata(self, chunks: list[Chunk], num_reqs: int | None = None,
+                       num_tokens: int | None = None) -> "HostMetadata":
+        """The metadata of ``chunks`` on the host, padded to ``num_reqs`` requests (no
+        query, no sequence, null block) and ``num_tokens`` tokens (outside every request:
+        position 0, no KV slot), the way vLLM pads a batch for a CUDA graph."""
+        n = len(chunks)
+        num_reqs = n if num_reqs is None else num_reqs
         counts = np.array([c.num_tokens for c in chunks], dtype=np.int32)
         starts = np.array([c.start for c in chunks], dtype=np.int64)
-        qsl = np.zeros(len(chunks) + 1, dtype=np.int32)
-        np.cumsum(counts, out=qsl[1:])
-        positions = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, counts)])
-        seq_lens = (starts + counts).astype(np.int32)
-        rows = [c.req_index for c in chunks]
-        table = self.runner.input_batch.block_table[0].get_cpu_tensor()[rows]
-        req_of_token = np.repeat(np.arange(len(chunks)), counts)
-        slots = self._slot_ids(table, req_of_token, positions)
-        if pad_to is not None and pad_to > len(slots):
-            # Padded rows (CUDA-graph sizes) write no KV: vLLM's pad slot id.
-            slots = np.concatenate([slots, np.full(pad_to - len(slots), -1, dtype=np.int64)])
+        total = int(counts.sum())
+        num_tokens = total if num_tokens is None else num_tokens
+        qsl = np.full(num_reqs + 1, total, dtype=np.int32)
+        qsl[0] = 0
+        np.cumsum(counts, out=qsl[1: n + 1])
+        seq_lens = np.zeros(num_reqs, dtype=np.int32)
+        seq_lens[:n] = starts + counts
+        positions = np.zeros(num_tokens, dtype=np.int64)
+        positions[:total] = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, counts)])
+        table = self.runner.input_batch.block_table[0].get_cpu_tensor()[[c.req_index for c in chunks]]
+        slots = np.full(num_tokens, -1, dtype=np.int64)
+        slots[:total] = self._slot_ids(table, np.repeat(np.arange(n), counts), positions[:total])
+        return HostMetadata(qsl, seq_lens, positions, table, slots, int(counts.max()))
+
+    def _common_metadata(self, chunks: list[Chunk], pad_to: int | None = None):
+        """Per-call metadata in fresh device tensors (tokens padded to ``pad_to``)."""
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        host = self._host_metadata(chunks, num_tokens=pad_to if pad_to and pad_to > sum(
+            c.num_tokens for c in chunks) else None)
+        total = int(host.qsl[-1])
         dev = self.device
-        qsl_cpu = torch.from_numpy(qsl)
+        qsl_cpu = torch.from_numpy(host.qsl)
         cm = CommonAttentionMetadata(
             query_start_loc=qsl_cpu.to(dev, non_blocking=True),
             query_start_loc_cpu=qsl_cpu,
-            seq_lens=torch.from_numpy(seq_lens).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(host.seq_lens).to(dev, non_blocking=True),
             num_reqs=len(chunks),
-            num_actual_tokens=int(counts.sum()),
-            max_query_len=int(counts.max()),
-            max_seq_len=int(seq_lens.max()),
-            block_table_tensor=table.to(dev, non_blocking=True),
-            slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True),
+            num_actual_tokens=total,
+            max_query_len=host.max_query_len,
+            max_seq_len=int(host.seq_lens.max()),
+            block_table_tensor=host.table.to(dev, non_blocking=True),
+            slot_mapping=torch.from_numpy(host.slots).to(dev, non_blocking=True),
             causal=True,
         )
-        return cm, torch.from_numpy(positions).to(dev, non_blocking=True)
+        return cm, torch.from_numpy(host.positions[:total]).to(dev, non_blocking=True)
+
+    def write_metadata(self, host: "HostMetadata", bufs: "GraphBuffers", layer_names: list[str],
+                       max_query_len: int | None = None, max_seq_len: int | None = None):
+        """Write ``host`` into the persistent buffers ``bufs`` (what a CUDA graph reads)
+        and build each layer's metadata over them. ``max_query_len`` / ``max_seq_len``
+        default to the batch's own; a graph replayed over batches of different lengths
+        passes fixed upper bounds, so that capture and replay make the same launch
+        decisions. Copies come from pageable memory: a copy has read its source when
+        it returns, so the host arrays may be rewritten while this one is queued."""
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        num_reqs, num_tokens = len(host.seq_lens), len(host.positions)
+        n = len(host.table)
+        bufs.query_start_loc[: num_reqs + 1].copy_(torch.from_numpy(host.qsl), non_blocking=True)
+        bufs.seq_lens[:num_reqs].copy_(torch.from_numpy(host.seq_lens), non_blocking=True)
+        bufs.positions[:num_tokens].copy_(torch.from_numpy(host.positions), non_blocking=True)
+        bufs.block_table[:n].copy_(host.table, non_blocking=True)
+        if num_reqs > n:
+            bufs.block_table[n:num_reqs].fill_(0)   # vLLM's null block for padded requests
+        bufs.slot_mapping[:num_tokens].copy_(torch.from_numpy(host.slots), non_blocking=True)
+        cm = CommonAttentionMetadata(
+            query_start_loc=bufs.query_start_loc[: num_reqs + 1],
+            query_start_loc_cpu=torch.from_numpy(host.qsl),
+            seq_lens=bufs.seq_lens[:num_reqs],
+            num_reqs=num_reqs,
+            num_actual_tokens=num_tokens,
+            max_query_len=host.max_query_len if max_query_len is None else max_query_len,
+            max_seq_len=int(host.seq_lens.max()) if max_seq_len is None else max_seq_len,
+            block_table_tensor=bufs.block_table[:num_reqs],
+            slot_mapping=bufs.slot_mapping[:num_tokens],
+            causal=True,
+        )
+        return self._per_layer(cm, layer_names)
 
     def _slot_ids(self, table: torch.Tensor, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """KV slot of each token: its row of block table ``table`` at ``positions``."""
@@ -199,46 +253,42 @@ class SliceRunner:
         return envs.full_graphs() and len(groups) == 1
 
     def _graph_metadata(self, chunks: list[Chunk], layer_names: list[str], padded: int):
-        """Attention metadata for one token per chunk, written into the persistent
-        buffers vLLM captured its full decode graphs with (query start locations,
-        sequence lengths, positions, block table rows 0..padded-1, slot mapping), the
-        way vLLM pads a decode batch: padded rows have no query and no KV slot.
-        Copies come from pageable memory: a copy has read its source when it returns,
-        so the next cycle may rewrite these arrays while this one's copies are queued."""
-        from vllm.v1.attention.backend import CommonAttentionMetadata
-
+        """Attention metadata for one token per chunk, padded to ``padded`` requests, in
+        the persistent buffers vLLM captured its full decode graphs with (query start
+        locations, sequence lengths, positions, block table, slot mapping)."""
         runner = self.runner
-        n = len(chunks)
-        pos = np.fromiter((c.start for c in chunks), dtype=np.int64, count=n)
-        rows = [c.req_index for c in chunks]
         bt = runner.input_batch.block_table[0]
-        table = bt.get_cpu_tensor()[rows]
-        qsl = runner.query_start_loc
-        qsl.np[: n + 1] = np.arange(n + 1)
-        qsl.np[n + 1: padded + 1] = n
-        qsl.gpu[: padded + 1].copy_(torch.from_numpy(qsl.np[: padded + 1].copy()), non_blocking=True)
-        seq_lens = np.zeros(padded, dtype=np.int32)
-        seq_lens[:n] = pos + 1
-        runner.seq_lens[:padded].copy_(torch.from_numpy(seq_lens), non_blocking=True)
-        runner.positions[:n].copy_(torch.from_numpy(pos), non_blocking=True)
-        device_table = bt.get_device_tensor(padded)
-        device_table[:n].copy_(table, non_blocking=True)
-        if padded > n:
-            device_table[n:].fill_(0)   # vLLM's null block for padded rows
-        slots = np.full(padded, -1, dtype=np.int64)
-        slots[:n] = self._slot_ids(table, np.arange(n), pos)
-        slot_mapping = bt.slot_mapping.gpu[:padded]
-        slot_mapping.copy_(torch.from_numpy(slots), non_blocking=True)
-        cm = CommonAttentionMetadata(
-            query_start_loc=qsl.gpu[: padded + 1],
-            query_start_loc_cpu=qsl.cpu[: padded + 1],
-            seq_lens=runner.seq_lens[:padded],
-            num_reqs=padded,
-            num_actual_tokens=padded,
-            max_query_len=1,
-            max_seq_len=int(seq_lens.max()),
-            block_table_tensor=device_table,
-            slot_mapping=slot_mapping,
-            causal=True,
-        )
-        return self._per_layer(cm, layer_names)
+        bufs = GraphBuffers(runner.query_start_loc.gpu, runner.seq_lens, runner.positions,
+                            bt.get_device_tensor(padded), bt.slot_mapping.gpu)
+        return self.write_metadata(self._host_metadata(chunks, padded, padded), bufs, layer_names)
+
+
+@dataclass
+class HostMetadata:
+    """A batch's attention metadata on the host (numpy; ``table`` a CPU tensor of the
+    real requests' block-table rows)."""
+    qsl: np.ndarray          # [num_reqs + 1] int32
+    seq_lens: np.ndarray     # [num_reqs] int32
+    positions: np.ndarray    # [num_tokens] int64
+    table: torch.Tensor      # [real requests, blocks] int32
+    slots: np.ndarray        # [num_tokens] int64, -1 = no KV write
+    max_query_len: int
+
+
+@dataclass
+class GraphBuffers:
+    """Persistent device memory a CUDA graph's attention reads, rewritten before each
+    replay (:meth:`SliceRunner.write_metadata`)."""
+    query_start_loc: torch.Tensor   # [>= reqs + 1] int32
+    seq_lens: torch.Tensor          # [>= reqs] int32
+    positions: torch.Tensor         # [>= tokens] int64
+    block_table: torch.Tensor       # [>= reqs, blocks] int32
+    slot_mapping: torch.Tensor      # [>= tokens] int64
+
+    @classmethod
+    def allocate(cls, max_reqs: int, max_tokens: int, blocks: int, device) -> "GraphBuffers":
+        def zeros(*size, dtype):
+            return torch.zeros(*size, dtype=dtype, device=device)
+        return cls(zeros(max_reqs + 1, dtype=torch.int32), zeros(max_reqs, dtype=torch.int32),
+                   zeros(max_tokens, dtype=torch.int64), zeros(max_reqs, blocks, dtype=torch.int32),
+                   torch.full((max_tokens,), -1, dtype=torch.int64, device=device))
