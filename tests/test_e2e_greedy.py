@@ -177,7 +177,8 @@ def test_stops_inside_the_window_match_plain(smollm2, tmp_path):
               SamplingParams(max_tokens=48, temperature=0.0, stop_token_ids=[28]),  # "," in SmolLM2
               SamplingParams(max_tokens=7, temperature=0.0, min_tokens=3)]          # max_tokens
     results = []
-    for spec in (None, {"method": "spd", "num_stages": 4, "model": head, "cycles_per_step": 8}):
+    spd = {"method": "spd", "num_stages": 4, "model": head, "cycles_per_step": 8}
+    for spec in (None, spd, {**spd, "verdict_lag": 1}):
         llm = LLM(model=smollm2, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
                   speculative_config=spec)
         outs = llm.chat(messages, params, use_tqdm=False)
@@ -186,8 +187,8 @@ def test_stops_inside_the_window_match_plain(smollm2, tmp_path):
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
-    plain, spd = results
-    assert spd == plain
+    plain, *spd = results
+    assert spd == [plain, plain]    # verdict_lag 0 and 1
     assert [r[2] for r in plain] == ["stop", "stop", "stop", "length"]
     assert plain[1][3] in ("five", "5") and plain[2][3] == 28   # the stop string / id really fired
 

@@ -61,6 +61,7 @@ def test_reject_flushes_newer_tokens_and_reenters_corrected_at_stage_zero():
     p.advance(12)
     p.advance(13)                      # 5 completes; window 8,7,6 and 5 done
     assert p.completing().pos == 5 and p.candidate().pos == 6
+    assert p.successor(p.window[1]).pos == 8 and p.successor(p.window[0]) is None
     outcome = p.resolve(False, 99)
     assert outcome.committed == [99] and outcome.verified and not outcome.accepted
     assert [(e.pos, e.token, e.depth) for e in p.window] == [(6, 99, 0)]
@@ -90,9 +91,8 @@ def test_gate_stops_at_eos_inside_the_window():
 
 def test_gate_max_tokens_and_min_tokens():
     g = CommitGate(stop_ids={2}, mask_ids={2, 0}, min_tokens=2, max_tokens=4, num_output=0)
-    assert g.masks_stop_tokens()               # the target may not produce a stop yet
-    assert not g.masks_stop_tokens(commits_before=2)
-    assert g.admit([5, 6]) == [5, 6] and not g.masks_stop_tokens()
+    assert g.masks_stop_tokens                 # the target may not produce a stop yet
+    assert g.admit([5, 6]) == [5, 6] and not g.masks_stop_tokens
     assert g.admit([0]) == [0] and not g.stopped       # 0 is only masked, not a stop (ignore_eos)
     assert g.admit([2, 9]) == [2] and g.stopped
     g = CommitGate(stop_ids=set(), mask_ids=set(), min_tokens=0, max_tokens=3, num_output=1)

@@ -156,7 +156,6 @@ class CommitGate:
                 self.stopped = True
         return kept
 
-    def masks_stop_tokens(self, commits_before: int = 0) -> bool:
-        """Whether the target masks stop tokens for the token committed after
-        ``commits_before`` more commits (a verdict computed a cycle ahead)."""
-        return self.num_output + commits_before < self.min_tokens and bool(self.mask_ids)
+    @property
+    def masks_stop_tokens(self) -> bool:
+        return self.num_output < self.min_tokens and bool(self.mask_ids)

@@ -475,6 +475,9 @@ class SPDRunnerMixin:
                 stats[req.req_id].cycles += 1
             with timer.phase("commit"):
                 self._spd_apply(active, verdicts, index, committed, stats)
+            if self.spd_is_controller and self.spd_cfg.verdict_lag:
+                with timer.phase("verify"):
+                    self._spd_verify_ahead(active)
             if link is not None:
                 with timer.phase("hop"):
                     self._spd_receive(posted)
@@ -578,34 +581,36 @@ class SPDRunnerMixin:
 
     def _spd_judge(self, active) -> list[tuple[bool, int] | None]:
         """Controller: the verdict on every completing token's successor; None where
-        nothing completes. With ``verdict_lag`` 1 these were computed a cycle ago (read
-        now), and the tokens that just left the last stage are verified here, queued on
-        the device and read next cycle, so nothing waits for this cycle's stage."""
+        nothing completes. With ``verdict_lag`` 1 they were queued a cycle ago
+        (:meth:`_spd_verify_ahead`) and are only read here."""
         done = [(req, req.pipe.completing()) for req in active]
         done = [(req, e) for req, e in done if e is not None]
         verdicts: dict[str, tuple[bool, int]] = {}
         if self.spd_cfg.verdict_lag:
-            late = []
             for req, e in done:
-                if req.early is not None and req.early[0] is e:
-                    verdicts[req.req_id] = req.early[1].read(req.early[2])
-                else:   # not queued ahead (cannot happen in a lockstep cycle); verify now
-                    late.append((req, e))
+                if req.early is None or req.early[0] is not e:
+                    raise RuntimeError(f"spd: no verdict was queued for request {req.req_id} at position {e.pos}")
+                verdicts[req.req_id] = req.early[1].read(req.early[2])
                 req.early = None
-            done = late
-            left = [(req, e) for req in active for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
-            if left:
-                # The completing token commits one token before these verdicts apply.
-                queued = Verdicts(self._spd_verify(left, [int(req.pipe.completing() is not None) for req, _ in left]))
-                for row, (req, e) in enumerate(left):
-                    req.early = (e, queued, row)
-        if done:
-            result = Verdicts(self._spd_verify(done, [0] * len(done)))
+        elif done:
+            result = Verdicts(self._spd_verify(done))
             for row, (req, _) in enumerate(done):
                 verdicts[req.req_id] = result.read(row)
         return [verdicts.get(req.req_id) for req in active]
 
-    def _spd_verify(self, pairs, commits_before: list[int]) -> torch.Tensor:
+    def _spd_verify_ahead(self, active) -> None:
+        """Controller, ``verdict_lag`` 1, after this cycle's verdicts took effect: queue
+        the verification of the tokens that left the last stage this cycle (read next
+        cycle, when they complete), so neither this cycle's broadcast nor the next
+        cycle's stage waits for it."""
+        left = [(req, e) for req in active if not req.gate.stopped
+                for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
+        if left:
+            queued = Verdicts(self._spd_verify(left))
+            for row, (req, e) in enumerate(left):
+                req.early = (e, queued, row)
+
+    def _spd_verify(self, pairs) -> torch.Tensor:
         """Queue the verification of each ``(req, e)``: the target's distribution after
         ``e`` (from its final hidden state) against the draft that follows it. Returns
         ``[2, len(pairs)]`` on the device: accepted (0/1) and the committed token."""
@@ -618,7 +623,7 @@ class SPDRunnerMixin:
             normed, _ = model.model.norm(hidden, residual)
         logits = model.compute_logits(normed).float()
         reqs = [req for req, _ in pairs]
-        self._spd_apply_min_tokens(logits, reqs, commits_before)
+        self._spd_apply_min_tokens(logits, reqs)
         cands = [req.pipe.successor(e) for req, e in pairs]
         drafts = [c.token if c is not None else -1 for c in cands]
         qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
@@ -661,11 +666,10 @@ class SPDRunnerMixin:
             st.committed += len(outcome.committed)
 
     @staticmethod
-    def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest], commits_before=None) -> None:
-        """vLLM masks stop tokens until min_tokens outputs exist; so does the target here
-        (``commits_before[r]``: commits still due before row r's token is committed)."""
+    def _spd_apply_min_tokens(logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
+        """vLLM masks stop tokens until min_tokens outputs exist; so does the target here."""
         for row, req in enumerate(reqs):
-            if req.gate.masks_stop_tokens(commits_before[row] if commits_before else 0):
+            if req.gate.masks_stop_tokens:
                 logits[row, list(req.gate.mask_ids)] = float("-inf")
 
     def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
