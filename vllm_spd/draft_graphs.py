@@ -1,7 +1,8 @@
 """The draft module's greedy decode forward at fixed shapes, replayed from CUDA graphs.
 
-Every cycle the controller runs the draft module on up to ``num_stages + 1`` rows per
-request (the finished token and the in-flight ones): the cross-depth aggregation, the
+Every cycle the controller runs the draft module on up to ``q = pipeline_depth + 1``
+rows per request (the finished token and the in-flight ones; ``pipeline_depth`` is
+``num_stages + verdict_lag``): the cross-depth aggregation, the
 draft layers over the paged KV cache and the fused draft head. Run eagerly that is
 dozens of kernel launches and a few milliseconds of Python per cycle, on the path from
 one cycle's verdict to the next cycle's drafts. :class:`DraftGraphs` runs the same
@@ -9,9 +10,9 @@ computation from persistent input buffers:
 
 - the rows' anchors, types and the index of each request's last row go into buffers
   of their own; the attention metadata into :class:`~vllm_spd.staged.GraphBuffers`;
-- on a GPU the rows are padded to ``batch * (num_stages + 1)`` tokens that belong to no
-  request (no query, no KV slot, position 0), and the metadata states the fixed upper
-  bounds ``max_query_len = num_stages + 1`` and ``max_seq_len = max_model_len``, so a
+- on a GPU the rows are padded to ``batch * q`` tokens that belong to no request (no
+  query, no KV slot, position 0), and the metadata states the fixed upper bounds
+  ``max_query_len = q`` and ``max_seq_len = max_model_len``, so a
   graph captured once per batch size replays for every cycle of that batch size with
   the same kernel choices;
 - the attention layers' metadata is built before each replay by the draft module's own
