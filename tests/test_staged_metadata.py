@@ -115,3 +115,29 @@ def test_extra_layers_get_their_own_metadata_builder():
     assert attn["d0"] is not group.metadata_builders[0] and attn["d0"].names == ["d0"]
     again, _, _ = sr.metadata_for([Chunk(0, 4, 1)], ["d0"])
     assert again["d0"] is attn["d0"]                                  # made once, reused
+
+
+def test_draft_rows_padded_outside_every_request():
+    """The draft module's fixed shapes: requests of several rows, padded with tokens
+    that belong to no request (no KV slot, position 0), written into buffers of its own
+    with fixed upper bounds as the metadata's maxima."""
+    from vllm_spd.staged import GraphBuffers
+
+    runner, group = _runner()
+    sr = SliceRunner(runner, {0: "l0"})
+    chunks = [Chunk(3, 10, 3), Chunk(1, 4, 2)]          # 5 real rows
+    host = sr._host_metadata(chunks, num_tokens=8)
+    ref, ref_pos = sr._common_metadata(chunks)
+    assert host.qsl.tolist() == [0, 3, 5] and host.seq_lens.tolist() == [13, 6]
+    assert host.positions.tolist() == [10, 11, 12, 4, 5, 0, 0, 0]
+    assert host.slots[5:].tolist() == [-1, -1, -1]
+    bufs = GraphBuffers.allocate(4, 12, runner.input_batch.block_table[0].get_cpu_tensor().shape[1], "cpu")
+    attn, slots = sr.write_metadata(host, bufs, ["l0"], max_query_len=4, max_seq_len=512)
+    cm = group.built[-1]
+    assert attn["l0"] is cm and slots["l0"] is cm.slot_mapping
+    assert cm.num_reqs == 2 and cm.num_actual_tokens == 8
+    assert (cm.max_query_len, cm.max_seq_len) == (4, 512)
+    assert torch.equal(cm.slot_mapping[:5], ref.slot_mapping) and cm.slot_mapping[5:].eq(-1).all()
+    assert torch.equal(cm.block_table_tensor, ref.block_table_tensor)
+    assert torch.equal(bufs.positions[:5], ref_pos) and bufs.positions[5:8].eq(0).all()
+    assert cm.query_start_loc.data_ptr() == bufs.query_start_loc.data_ptr()
