@@ -44,6 +44,15 @@ def generate(model, spec=None, temperature=0.0, seed=None):
     return outs, counters, pp
 
 
+def draws_in_both_placements(model, spec):
+    """Seeded T=1 output of the one-worker placement and of one stage per rank (the
+    placements asserted); returns ``(one worker, pipeline, pipeline counters)``."""
+    one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    ranks, counters, ppn = generate(model, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
+    assert (pp1, ppn) == (1, spec["num_stages"])
+    return one, ranks, counters
+
+
 def assert_identical(ref, out):
     for i, (r, o) in enumerate(zip(ref, out)):
         assert o == r, f"prompt {i}: first difference at token {next(j for j, (a, b) in enumerate(zip(r, o)) if a != b)}"
@@ -94,10 +103,7 @@ def test_two_ranks_sampling_draws_what_one_worker_draws(predictable, tmp_path):
     generator, so the pipeline placement must reproduce the one-worker draws exactly."""
     target, _ = predictable
     head = mirror_head(target, 2, str(tmp_path / "head"))
-    spec = {"method": "spd", "num_stages": 2, "model": head}
-    one, _, pp1 = generate(target, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
-    two, _, pp2 = generate(target, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
-    assert (pp1, pp2) == (1, 2)
+    one, two, _ = draws_in_both_placements(target, {"method": "spd", "num_stages": 2, "model": head})
     assert_identical(one, two)
 
 
@@ -109,10 +115,7 @@ def test_three_ranks_random_head_sampling_draws_what_one_worker_draws(tiny_qwen3
     head = str(tmp_path / "head")
     cfg = init_head(tiny_qwen3, 3, head)
     assert len(cfg.anchors) == 4          # the embedding and one per stage
-    spec = {"method": "spd", "num_stages": 3, "model": head}
-    one, _, pp1 = generate(tiny_qwen3, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
-    three, _, pp3 = generate(tiny_qwen3, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
-    assert (pp1, pp3) == (1, 3)
+    one, three, _ = draws_in_both_placements(tiny_qwen3, {"method": "spd", "num_stages": 3, "model": head})
     assert_identical(one, three)
 
 
@@ -121,10 +124,8 @@ def test_three_ranks_verdict_lag_sampling_draws_what_one_worker_draws(predictabl
     take effect): the pipeline placement draws exactly what the one worker draws."""
     target, _ = predictable
     head = mirror_head(target, 3, str(tmp_path / "head"))
-    spec = {"method": "spd", "num_stages": 3, "model": head, "verdict_lag": 1}
-    one, _, pp1 = generate(target, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
-    three, counters, pp3 = generate(target, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
-    assert (pp1, pp3) == (1, 3)
+    one, three, counters = draws_in_both_placements(
+        target, {"method": "spd", "num_stages": 3, "model": head, "verdict_lag": 1})
     assert_identical(one, three)
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.5 * counters["vllm:spec_decode_num_draft_tokens"]
 

@@ -85,24 +85,24 @@ class DraftGraphs:
         (or, without one, the same forward runs eagerly). Call on the stream the
         draft module runs on."""
         b, rows = len(chunks), self.num_rows(chunks)
-        host = self.slices._host_metadata(chunks, num_tokens=rows)
-        self._write(host)
+        meta = self._write(self.slices._host_metadata(chunks, num_tokens=rows))
         if b in self.graphs:
             graph, ids = self.graphs[b]
             graph.replay()
             return ids
-        return self._forward(b, rows)
+        return self._forward(b, rows, meta)
 
     def _write(self, host: HostMetadata):
-        self.attn, self.slots = self.slices.write_metadata(
-            host, self.bufs, self.pdm.attention_layer_names,
-            max_query_len=self.rows_per_request, max_seq_len=self.max_seq_len)
+        """The metadata into the persistent buffers; returns ``(attn, slots)`` per layer."""
+        return self.slices.write_metadata(host, self.bufs, self.pdm.attention_layer_names,
+                                          max_query_len=self.rows_per_request, max_seq_len=self.max_seq_len)
 
-    def _forward(self, b: int, rows: int) -> torch.Tensor:
+    def _forward(self, b: int, rows: int, meta) -> torch.Tensor:
         from vllm.forward_context import set_forward_context
 
         pdm = self.pdm
-        with set_forward_context(self.attn, self.runner.vllm_config, num_tokens=rows, slot_mapping=self.slots):
+        attn, slots = meta
+        with set_forward_context(attn, self.runner.vllm_config, num_tokens=rows, slot_mapping=slots):
             x = pdm.aggregate(self.stack[:, :rows], self.types[:rows])
             hidden, residual = pdm(self.bufs.positions[:rows], x)
         last = self.last[:b]
@@ -122,13 +122,13 @@ class DraftGraphs:
                                 positions=np.tile(np.arange(q, dtype=np.int64), b),
                                 table=torch.zeros(b, self.bufs.block_table.shape[1], dtype=torch.int32),
                                 slots=np.full(rows, -1, dtype=np.int64), max_query_len=q)
-            self._write(host)
+            meta = self._write(host)
             self.last[:b] = torch.arange(b, device=self.last.device) * q + q - 1
-            self._forward(b, rows)                 # compiles and autotunes outside the capture
+            self._forward(b, rows, meta)           # compiles and autotunes outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                ids = self._forward(b, rows)
+                ids = self._forward(b, rows, meta)
             self.graphs[b] = (graph, ids)
         torch.cuda.synchronize()
         logger.info("spd: captured draft-module CUDA graphs for batch sizes 1..%d", self.max_batch)

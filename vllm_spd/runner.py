@@ -423,7 +423,7 @@ class SPDRunnerMixin(DraftingMixin):
                 self._spd_send_rows(stage, hidden, residual, caught)
                 continue
             if stage == 0 and 0 in capture:
-                caught[0] = self._spd_embed(to_device([e.token for _, e in work], self.device))
+                caught[0] = self._spd_embed(ids)
             for row, (req, e) in enumerate(work):
                 req.carry[e.pos] = (hidden[row], None if residual is None else residual[row])
                 if self.spd_pdm is not None:

@@ -12,7 +12,8 @@ on every rank. Per cycle:
   active request, so each rank advances identical copies of the request pipelines.
 
 Both sides always know how many rows move (they hold the same pipeline states), so
-no shapes travel, and a rank posts its receives as soon as its own stage is queued.
+no shapes travel, and a rank posts its receives first thing in a cycle, before its
+own stage is queued.
 Data goes on a device group of its own (NCCL on GPU, gloo on CPU), control on a gloo
 group: never on the groups vLLM's own pipeline transfers use.
 """

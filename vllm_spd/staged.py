@@ -52,7 +52,7 @@ class SliceRunner:
         counts = np.array([c.num_tokens for c in chunks], dtype=np.int32)
         starts = np.array([c.start for c in chunks], dtype=np.int64)
         total = int(counts.sum())
-        num_tokens = total if num_tokens is None else num_tokens
+        num_tokens = max(total, num_tokens or 0)
         qsl = np.full(num_reqs + 1, total, dtype=np.int32)
         qsl[0] = 0
         np.cumsum(counts, out=qsl[1: n + 1])
@@ -69,8 +69,7 @@ class SliceRunner:
         """Per-call metadata in fresh device tensors (tokens padded to ``pad_to``)."""
         from vllm.v1.attention.backend import CommonAttentionMetadata
 
-        host = self._host_metadata(chunks, num_tokens=pad_to if pad_to and pad_to > sum(
-            c.num_tokens for c in chunks) else None)
+        host = self._host_metadata(chunks, num_tokens=pad_to)
         total = int(host.qsl[-1])
         dev = self.device
         qsl_cpu = torch.from_numpy(host.qsl)
@@ -81,7 +80,7 @@ class SliceRunner:
             num_reqs=len(chunks),
             num_actual_tokens=total,
             max_query_len=host.max_query_len,
-            max_seq_len=int(host.seq_lens.max()),
+            max_seq_len=host.max_seq_len,
             block_table_tensor=host.table.to(dev, non_blocking=True),
             slot_mapping=torch.from_numpy(host.slots).to(dev, non_blocking=True),
             causal=True,
@@ -114,7 +113,7 @@ class SliceRunner:
             num_reqs=num_reqs,
             num_actual_tokens=num_tokens,
             max_query_len=host.max_query_len if max_query_len is None else max_query_len,
-            max_seq_len=int(host.seq_lens.max()) if max_seq_len is None else max_seq_len,
+            max_seq_len=host.max_seq_len if max_seq_len is None else max_seq_len,
             block_table_tensor=bufs.block_table[:num_reqs],
             slot_mapping=bufs.slot_mapping[:num_tokens],
             causal=True,
@@ -273,6 +272,10 @@ class HostMetadata:
     table: torch.Tensor      # [real requests, blocks] int32
     slots: np.ndarray        # [num_tokens] int64, -1 = no KV write
     max_query_len: int
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.seq_lens.max())
 
 
 @dataclass
