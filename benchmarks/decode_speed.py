@@ -58,6 +58,13 @@ def _set_oracle(worker, path, alpha, drafter, price_pdm):
     r.spd_price_pdm = price_pdm
 
 
+def _arm_profile(worker, after):
+    """With ``VLLM_SPD_PROFILE_DIR`` set: profile the ``after``-th decode step from now."""
+    p = getattr(worker.model_runner, "spd_profiler", None)
+    if p is not None:
+        p.arm(after)
+
+
 def _timer(worker, on):
     t = worker.model_runner.spd_timer
     summary = t.summary()
@@ -161,7 +168,7 @@ def run_system(a) -> list[dict]:
         kw.update(enforce_eager=a.spd_eager, speculative_config={
             "method": "spd", "num_stages": n, "stage_placement": "pipeline", "drafter": "oracle",
             "oracle_tokens": rec, "oracle_alpha": 0.0, "model": head, "cycles_per_step": a.cycles_per_step,
-            "verdict_lag": a.verdict_lag})
+            **({} if a.verdict_lag is None else {"verdict_lag": a.verdict_lag})})
     t0 = time.perf_counter()
     llm = LLM(**kw)
     start_s = round(time.perf_counter() - t0, 1)
@@ -169,7 +176,7 @@ def run_system(a) -> list[dict]:
     base = dict(system=system, num_gpus=1 if system == "tp1" else n, engine_start_s=start_s)
     if system == "spd":
         base["stage_layers"] = llm.llm_engine.vllm_config.speculative_config.stage_layers
-        base["verdict_lag"] = a.verdict_lag
+        base["verdict_lag"] = llm.llm_engine.vllm_config.speculative_config.verdict_lag
     for b in a.batch:
         prompts = _prompts(vocab, b, a.input_len)
         if system != "spd":
@@ -183,6 +190,8 @@ def run_system(a) -> list[dict]:
         save_recording(rec, prompts, outs)
         for alpha in a.alphas:
             llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", False))
+            if alpha == a.alphas[0] and b == a.batch[0]:
+                llm.collective_rpc(_arm_profile, args=(4,))   # a steady-state step of its warm-up
             rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha}))
             if alpha == a.alphas[0]:
                 llm.collective_rpc(_timer, args=(True,))
@@ -219,7 +228,7 @@ def _label(r) -> str:
     if r["system"] in ("tpn", "ppn"):
         return f"plain {'TP' if r['system'] == 'tpn' else 'PP'}={n}"
     d = r["drafter"]
-    spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if r.get("verdict_lag") else "")
+    spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
         return f"{spd} oracle alpha={r['alpha']}"
     if d == "oracle+pdm_priced":
@@ -280,8 +289,9 @@ def main(argv=None) -> None:
                     help="batch sizes that also get the row with the random draft module's own drafts")
     ap.add_argument("--spd-eager", action=argparse.BooleanOptionalAction, default=False,
                     help="SPD engine with enforce_eager (stage forwards without torch.compile / CUDA graphs)")
-    ap.add_argument("--verdict-lag", type=int, default=0, choices=[0, 1],
-                    help="SPD's verdict_lag: 1 broadcasts each cycle's drafts without waiting for verification")
+    ap.add_argument("--verdict-lag", type=int, default=None, choices=[0, 1],
+                    help="SPD's verdict_lag (default: the engine's, 1 across ranks): 1 broadcasts each "
+                         "cycle's drafts before the controller's stage, without waiting for verification")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-mem", type=float, default=0.85)

@@ -48,6 +48,17 @@ def test_defaults_and_head(tiny_qwen3, head2):
     assert spec.stage_layers == [4, 4]
 
 
+@pytest.mark.parametrize("placement, lag", [("single_worker", 0), ("pipeline", 1)])
+def test_verdict_lag_default_follows_placement(tiny_qwen3, placement, lag):
+    """Late verdicts pay only where stages run at once (one per rank); an explicit value wins."""
+    spd = {"method": "spd", "num_stages": 2, "stage_placement": placement}
+    cfg = engine_config(tiny_qwen3, spd)
+    assert cfg.parallel_config.pipeline_parallel_size == (2 if placement == "pipeline" else 1)
+    assert (cfg.speculative_config.verdict_lag, cfg.speculative_config.pipeline_depth) == (lag, 2 + lag)
+    cfg = engine_config(tiny_qwen3, {**spd, "verdict_lag": 1 - lag})
+    assert cfg.speculative_config.verdict_lag == 1 - lag
+
+
 def test_default_head_location_is_found(tiny_qwen3, head2, tmp_path, monkeypatch):
     import shutil
 

@@ -31,6 +31,7 @@ def test_decode_speed_cpu(tiny_qwen3, tmp_path, monkeypatch, capsys):
                       ("spd", "oracle+pdm_priced", 0.6), ("spd", "random_pdm", None)]
     spd = [r for r in rows if r["system"] == "spd"]
     assert spd[0]["measured_alpha"] == 1.0
+    assert spd[0]["verdict_lag"] == 1              # the engine's default with one stage per rank
     assert spd[1]["measured_alpha"] < 1.0
     for r in rows:
         assert r["out_tok_s"] > 0 and len(r["t_full_s"]) == 1
@@ -39,7 +40,7 @@ def test_decode_speed_cpu(tiny_qwen3, tmp_path, monkeypatch, capsys):
         assert len(split) == 2 and all(s["cycles"] > 0 for s in split)
         assert split[1]["ms_per_cycle"]["verify"] > 0 and split[0]["ms_per_cycle"]["verify"] == 0
     assert spd[2]["cycle_split"][1]["ms_per_cycle"]["draft"] > spd[0]["cycle_split"][1]["ms_per_cycle"]["draft"]
-    assert "SPD n=2 oracle alpha=1.0" in capsys.readouterr().out
+    assert "SPD n=2 lag 1 oracle alpha=1.0" in capsys.readouterr().out
 
 
 def test_append_keeps_rows_of_the_same_settings_only(tmp_path):

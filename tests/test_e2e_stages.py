@@ -46,7 +46,9 @@ def generate(model, spec=None, temperature=0.0, seed=None):
 
 def draws_in_both_placements(model, spec):
     """Seeded T=1 output of the one-worker placement and of one stage per rank (the
-    placements asserted); returns ``(one worker, pipeline, pipeline counters)``."""
+    placements asserted); returns ``(one worker, pipeline, pipeline counters)``. Both
+    get the same ``verdict_lag`` (0 unless given; its default differs by placement)."""
+    spec = {"verdict_lag": 0, **spec}
     one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
     ranks, counters, ppn = generate(model, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
     assert (pp1, ppn) == (1, spec["num_stages"])
@@ -76,9 +78,10 @@ def test_two_ranks_mirror_head_matches_plain(predictable, tmp_path):
     assert alpha > 0.6, f"the mirror head should draft mostly right across ranks too, alpha={alpha:.2f}"
 
 
-# verdict_lag 1: each cycle's verdicts take effect a cycle late; with a random head
-# nearly every cycle flushes tokens whose verdicts were already queued.
-@pytest.mark.parametrize("extra", [{"cycles_per_step": 3}, {"verdict_lag": 1}], ids=["short_steps", "verdict_lag"])
+# Across ranks verdict_lag defaults to 1 (each cycle's verdicts take effect a cycle late,
+# broadcast before the controller's stage; with a random head nearly every cycle flushes
+# tokens whose verdicts were already queued); 0 verifies before the broadcast.
+@pytest.mark.parametrize("extra", [{"cycles_per_step": 3}, {"verdict_lag": 0}], ids=["short_steps", "verdict_lag_0"])
 def test_two_ranks_random_head_matches_plain(tiny_qwen3, tmp_path, extra):
     reference = generate(tiny_qwen3)[0]
     head = str(tmp_path / "head")

@@ -27,11 +27,13 @@ class DraftingMixin:
     def _spd_draft_begin(self, active: list[SPDRequest], index, limit):
         """Prepare this cycle's drafting; returns ``launch``.
 
-        The draft module's inputs are gathered now, before the stage forward is queued;
-        ``launch()``, called after it is, starts the draft module on its own CUDA stream
-        (so the two run at once, and the stage's launch waits for no drafting work on the
-        host) and the host-side drafters (n-gram, prompt lookup, oracle), and returns
-        ``finish()``, which gives the drafts."""
+        The draft module's inputs are gathered now, before the stage forward is queued.
+        ``launch()`` starts the draft module on its own (high-priority) CUDA stream and
+        the host-side drafters (n-gram, prompt lookup, oracle), and returns ``finish()``,
+        which gives the drafts. The runner launches after queueing the stage forward (the
+        two run at once, and the stage's launch waits for no drafting work on the host),
+        or, where the drafts are broadcast before the stage (``verdict_lag`` 1 across
+        ranks), launches and finishes first."""
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
         cfg = self.spd_cfg
         if cfg.drafter == "oracle":
@@ -93,11 +95,13 @@ class DraftingMixin:
         return propose_ngram(self._spd_tokens(req, idx), self.spd_cfg.ngram_max, self.spd_cfg.ngram_min)
 
     def _spd_side_stream(self):
-        """The draft module's own CUDA stream (None on CPU)."""
+        """The draft module's own CUDA stream (None on CPU), at high priority: its few
+        small kernels are what the next cycle waits for, so they go ahead of queued stage
+        kernels as soon as the GPU has room."""
         if self.device.type != "cuda":
             return None
         if getattr(self, "_spd_stream", None) is None:
-            self._spd_stream = torch.cuda.Stream(self.device)
+            self._spd_stream = torch.cuda.Stream(self.device, priority=-1)
         return self._spd_stream
 
     def _spd_on_side_stream(self):

@@ -352,6 +352,10 @@ class SPDRunnerMixin(DraftingMixin):
             stats[req_id] = StepStats()
         index = {req_id: idx for idx, req_id, _ in work}
         link = self.spd_link
+        # verdict_lag 1 across ranks: a cycle's drafts and verdicts depend only on earlier
+        # cycles, so the controller broadcasts them before its own stage.
+        early = link is not None and self.spd_cfg.verdict_lag > 0
+        timer = self.spd_timer
         for _ in range(self.spd_cfg.cycles_per_step):
             active = [self.spd_requests[r] for r in committed
                       if not self.spd_requests[r].gate.stopped and len(committed[r]) < budget[r]]
@@ -359,31 +363,31 @@ class SPDRunnerMixin(DraftingMixin):
                 break
             # Who runs what this cycle, decided before anything moves (same on every rank).
             plan = [(req, stage, e) for req in active for stage, e in req.pipe.stage_work(limit[req.req_id])]
-            timer = self.spd_timer
-            drafts = verdicts = None
+            control = decision = None
             if link is not None:
                 with timer.phase("hop"):
                     posted = self._spd_post_receives(plan)
+                if not link.is_controller:
+                    control = link.post_control(None, 3 * len(active))
             if self.spd_is_controller:
                 # Drafts use features from before this cycle: gathered now, drafted once
-                # the stage forward is queued (the draft module on its own stream).
+                # the stage forward is queued (the draft module on its own stream), or
+                # before it where the control goes out early.
                 with timer.phase("draft"):
                     launch_drafts = self._spd_draft_begin(active, index, limit)
+                if early:
+                    decision, control = self._spd_decide(active, launch_drafts)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
-            if self.spd_is_controller:
-                with timer.phase("draft"):
-                    drafts = launch_drafts()()
+            if self.spd_is_controller and not early:
+                decision, control = self._spd_decide(active, launch_drafts)
+            if decision is None:   # the controller's decision arrives
+                with timer.phase("control"):
+                    drafts, verdicts = self._spd_read_control(control.wait(), len(active))
                 for req, draft in zip(active, drafts):
                     req.pipe.advance(draft)
-                with timer.phase("verify"):
-                    verdicts = self._spd_judge(active)
-            if link is not None:
-                with timer.phase("control"):
-                    drafts, verdicts = self._spd_exchange(active, drafts, verdicts)
-                if not link.is_controller:
-                    for req, draft in zip(active, drafts):
-                        req.pipe.advance(draft)
+            else:
+                verdicts = decision[1]
             for req in active:
                 stats[req.req_id].cycles += 1
             with timer.phase("commit"):
@@ -394,6 +398,7 @@ class SPDRunnerMixin(DraftingMixin):
             if link is not None:
                 with timer.phase("hop"):
                     self._spd_receive(posted)
+                    control.wait()   # on the controller: its broadcast went out
             timer.cycle_done()
         return committed
 
@@ -543,16 +548,38 @@ class SPDRunnerMixin(DraftingMixin):
         accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
         return torch.stack([accepted.to(tokens.dtype), tokens])
 
-    def _spd_exchange(self, active, drafts, verdicts):
-        """Controller -> every rank: per request (draft or -1, verdict 0/1/2, token)."""
-        values = None
-        if self.spd_link.is_controller:
-            values = []
-            for d, v in zip(drafts, verdicts):
-                values += [-1 if d is None else d, 0 if v is None else 1 + int(v[0]), -1 if v is None else v[1]]
-        got = self.spd_link.broadcast_control(values, 3 * len(active))
-        drafts = [None if got[3 * i] < 0 else got[3 * i] for i in range(len(active))]
-        verdicts = [None if got[3 * i + 1] == 0 else (got[3 * i + 1] == 2, got[3 * i + 2]) for i in range(len(active))]
+    def _spd_decide(self, active, launch_drafts):
+        """Controller: this cycle's drafts (from ``launch_drafts``, see
+        :meth:`_spd_draft_begin`) enter the pipelines and the completing tokens' verdicts
+        are read; with other ranks, the broadcast of both starts. Returns
+        ``((drafts, verdicts), control)``."""
+        timer = self.spd_timer
+        with timer.phase("draft"):
+            drafts = launch_drafts()()
+        for req, draft in zip(active, drafts):
+            req.pipe.advance(draft)
+        with timer.phase("verify"):
+            verdicts = self._spd_judge(active)
+        control = None
+        if self.spd_link is not None:
+            values = self._spd_control_values(drafts, verdicts)
+            with timer.phase("control"):
+                control = self.spd_link.post_control(values, len(values))
+        return (drafts, verdicts), control
+
+    @staticmethod
+    def _spd_control_values(drafts, verdicts) -> list[int]:
+        """``(drafts, verdicts)`` -> per request (draft or -1, verdict 0/1/2, token)."""
+        values = []
+        for d, v in zip(drafts, verdicts):
+            values += [-1 if d is None else d, 0 if v is None else 1 + int(v[0]), -1 if v is None else v[1]]
+        return values
+
+    @staticmethod
+    def _spd_read_control(got: list[int], count: int):
+        """The inverse of :meth:`_spd_control_values` for ``count`` requests."""
+        drafts = [None if got[3 * i] < 0 else got[3 * i] for i in range(count)]
+        verdicts = [None if got[3 * i + 1] == 0 else (got[3 * i + 1] == 2, got[3 * i + 2]) for i in range(count)]
         return drafts, verdicts
 
     def _spd_apply(self, active, verdicts, index, committed, stats) -> None:

@@ -10,6 +10,9 @@ on every rank. Per cycle:
   anchors as one message;
 - the controller broadcasts the cycle's *control*: the draft and the verdict of every
   active request, so each rank advances identical copies of the request pipelines.
+  Every rank posts its receive of it before its own stage; with ``verdict_lag`` 1 the
+  controller sends it before its own stage too (drafts and verdicts then depend only
+  on earlier cycles), so the other ranks get it while their stage still runs.
 
 Both sides always know how many rows move (they hold the same pipeline states), so
 no shapes travel, and a rank posts its receives first thing in a cycle, before its
@@ -84,12 +87,34 @@ class StageLink:
         self._sends.clear()
 
     # -- control -------------------------------------------------------------------
-    def broadcast_control(self, values: list[int] | None, count: int) -> list[int]:
-        """The controller's ``values`` (``count`` ints) on every rank."""
+    def post_control(self, values: list[int] | None, count: int) -> "Control":
+        """Start the broadcast of the controller's ``values`` (``count`` ints; None on the
+        other ranks) without waiting: a rank posts its receive before its stage, so the
+        controller's send never waits for a rank still queueing its stage, and the
+        controller sends as soon as its values exist. :meth:`Control.wait` gives them."""
         if not count:
-            return []
+            return Control(torch.empty(0, dtype=torch.int64), None)
         buf = torch.tensor(values, dtype=torch.int64) if self.is_controller else \
             torch.empty(count, dtype=torch.int64)
         assert buf.numel() == count, (buf.numel(), count)
-        self._dist.broadcast(buf, src=self.ranks[self.controller], group=self.ctrl_group)
-        return buf.tolist()
+        work = self._dist.broadcast(buf, src=self.ranks[self.controller], group=self.ctrl_group, async_op=True)
+        return Control(buf, work)
+
+    def broadcast_control(self, values: list[int] | None, count: int) -> list[int]:
+        """The controller's ``values`` (``count`` ints) on every rank."""
+        return self.post_control(values, count).wait()
+
+
+class Control:
+    """One control broadcast in flight (see :meth:`StageLink.post_control`)."""
+
+    def __init__(self, buf: torch.Tensor, work):
+        self._buf = buf
+        self._work = work
+
+    def wait(self) -> list[int]:
+        """The controller's values, once they are in (on the controller: once sent)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return self._buf.tolist()

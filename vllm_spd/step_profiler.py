@@ -24,6 +24,11 @@ class StepProfiler:
         self.target = envs.profile_step()
         self.steps = 0
 
+    def arm(self, after: int) -> None:
+        """Profile the ``after``-th decode step from now instead (benchmarks pick a
+        steady-state step this way)."""
+        self.target = self.steps + after
+
     def decode_step(self, timer):
         """Context for one decode step: profiles it when it is the chosen one, with the
         cycle ``timer``'s phases named in the profile."""
