@@ -7,15 +7,15 @@ from types import SimpleNamespace
 import torch
 import torch.multiprocessing as mp
 
-from vllm_spd.runner import SPDRunnerMixin
+from vllm_spd.stage_link import CONTROL_FIELDS, decode_control, encode_control
 
 
 def test_control_encoding_round_trip():
     drafts = [5, None, 7, 0]
     verdicts = [(True, 5), None, (False, 9), (False, 0)]
-    values = SPDRunnerMixin._spd_control_values(drafts, verdicts)
-    assert len(values) == 3 * len(drafts)
-    assert SPDRunnerMixin._spd_read_control(values, len(drafts)) == (drafts, verdicts)
+    values = encode_control(drafts, verdicts)
+    assert len(values) == CONTROL_FIELDS * len(drafts)
+    assert decode_control(values) == (drafts, verdicts)
 
 
 def _free_port() -> int:

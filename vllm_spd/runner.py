@@ -35,7 +35,7 @@ from vllm_spd import layout as layout_mod
 from vllm_spd.cycle_timer import CycleTimer
 from vllm_spd.drafting import DraftingMixin
 from vllm_spd.pipeline import CommitGate, RequestPipeline
-from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE, StageLink
+from vllm_spd.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
 from vllm_spd.staged import Chunk, SliceRunner, to_device
 from vllm_spd.step_profiler import StepProfiler
 from vllm_spd.verdicts import RequestSampling, Verdicts, sample_target, verify_drafts
@@ -368,7 +368,7 @@ class SPDRunnerMixin(DraftingMixin):
                 with timer.phase("hop"):
                     posted = self._spd_post_receives(plan)
                 if not link.is_controller:
-                    control = link.post_control(None, 3 * len(active))
+                    control = link.post_control(None, CONTROL_FIELDS * len(active))
             if self.spd_is_controller:
                 # Drafts use features from before this cycle: gathered now, drafted once
                 # the stage forward is queued (the draft module on its own stream), or
@@ -383,7 +383,7 @@ class SPDRunnerMixin(DraftingMixin):
                 decision, control = self._spd_decide(active, launch_drafts)
             if decision is None:   # the controller's decision arrives
                 with timer.phase("control"):
-                    drafts, verdicts = self._spd_read_control(control.wait(), len(active))
+                    drafts, verdicts = decode_control(control.wait())
                 for req, draft in zip(active, drafts):
                     req.pipe.advance(draft)
             else:
@@ -398,7 +398,8 @@ class SPDRunnerMixin(DraftingMixin):
             if link is not None:
                 with timer.phase("hop"):
                     self._spd_receive(posted)
-                    control.wait()   # on the controller: its broadcast went out
+                    if decision is not None:
+                        control.wait()   # the controller's broadcast went out
             timer.cycle_done()
         return committed
 
@@ -562,25 +563,10 @@ class SPDRunnerMixin(DraftingMixin):
             verdicts = self._spd_judge(active)
         control = None
         if self.spd_link is not None:
-            values = self._spd_control_values(drafts, verdicts)
+            values = encode_control(drafts, verdicts)
             with timer.phase("control"):
                 control = self.spd_link.post_control(values, len(values))
         return (drafts, verdicts), control
-
-    @staticmethod
-    def _spd_control_values(drafts, verdicts) -> list[int]:
-        """``(drafts, verdicts)`` -> per request (draft or -1, verdict 0/1/2, token)."""
-        values = []
-        for d, v in zip(drafts, verdicts):
-            values += [-1 if d is None else d, 0 if v is None else 1 + int(v[0]), -1 if v is None else v[1]]
-        return values
-
-    @staticmethod
-    def _spd_read_control(got: list[int], count: int):
-        """The inverse of :meth:`_spd_control_values` for ``count`` requests."""
-        drafts = [None if got[3 * i] < 0 else got[3 * i] for i in range(count)]
-        verdicts = [None if got[3 * i + 1] == 0 else (got[3 * i + 1] == 2, got[3 * i + 2]) for i in range(count)]
-        return drafts, verdicts
 
     def _spd_apply(self, active, verdicts, index, committed, stats) -> None:
         """Every rank: resolve the verdicts, drop what a flush killed, commit."""

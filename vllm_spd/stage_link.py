@@ -34,6 +34,26 @@ from vllm_spd import envs
 TAG_STAGE = 1
 TAG_ANCHORS = 2
 
+#: ints per request in a cycle's control: draft (-1: none), verdict (0: none, 1: reject,
+#: 2: accept), committed token (-1: none)
+CONTROL_FIELDS = 3
+
+
+def encode_control(drafts: list[int | None], verdicts: list[tuple[bool, int] | None]) -> list[int]:
+    """A cycle's drafts and verdicts as the control broadcast carries them."""
+    values = []
+    for d, v in zip(drafts, verdicts):
+        values += [-1 if d is None else d, 0 if v is None else 1 + int(v[0]), -1 if v is None else v[1]]
+    return values
+
+
+def decode_control(got: list[int]):
+    """The inverse of :func:`encode_control`: ``(drafts, verdicts)``."""
+    rows = [got[i: i + CONTROL_FIELDS] for i in range(0, len(got), CONTROL_FIELDS)]
+    drafts = [None if d < 0 else d for d, _, _ in rows]
+    verdicts = [None if v == 0 else (v == 2, t) for _, v, t in rows]
+    return drafts, verdicts
+
 
 class StageLink:
     def __init__(self, pp_group, device: torch.device):
