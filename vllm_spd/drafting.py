@@ -30,10 +30,8 @@ class DraftingMixin:
         The draft module's inputs are gathered now, before the stage forward is queued.
         ``launch()`` starts the draft module on its own (high-priority) CUDA stream and
         the host-side drafters (n-gram, prompt lookup, oracle), and returns ``finish()``,
-        which gives the drafts. The runner launches after queueing the stage forward (the
-        two run at once, and the stage's launch waits for no drafting work on the host),
-        or, where the drafts are broadcast before the stage (``verdict_lag`` 1 across
-        ranks), launches and finishes first."""
+        which gives the drafts. The runner launches after queueing the stage forward: the
+        two run at once, and the stage's launch waits for no drafting work on the host."""
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
         cfg = self.spd_cfg
         if cfg.drafter == "oracle":

@@ -352,9 +352,6 @@ class SPDRunnerMixin(DraftingMixin):
             stats[req_id] = StepStats()
         index = {req_id: idx for idx, req_id, _ in work}
         link = self.spd_link
-        # verdict_lag 1 across ranks: a cycle's drafts and verdicts depend only on earlier
-        # cycles, so the controller broadcasts them before its own stage.
-        early = link is not None and self.spd_cfg.verdict_lag > 0
         timer = self.spd_timer
         for _ in range(self.spd_cfg.cycles_per_step):
             active = [self.spd_requests[r] for r in committed
@@ -371,15 +368,16 @@ class SPDRunnerMixin(DraftingMixin):
                     control = link.post_control(None, CONTROL_FIELDS * len(active))
             if self.spd_is_controller:
                 # Drafts use features from before this cycle: gathered now, drafted once
-                # the stage forward is queued (the draft module on its own stream), or
-                # before it where the control goes out early.
+                # the stage forward is queued (the draft module on its own stream).
                 with timer.phase("draft"):
                     launch_drafts = self._spd_draft_begin(active, index, limit)
-                if early:
-                    decision, control = self._spd_decide(active, launch_drafts)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
-            if self.spd_is_controller and not early:
+            if self.spd_is_controller:
+                # Only now read last cycle's verdicts: reading them waits for this rank's
+                # device to finish the previous cycle, and the stage is already queued
+                # behind it, so the device does not idle while the host broadcasts and
+                # prepares the next forward.
                 decision, control = self._spd_decide(active, launch_drafts)
             if decision is None:   # the controller's decision arrives
                 with timer.phase("control"):

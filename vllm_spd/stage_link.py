@@ -10,9 +10,9 @@ on every rank. Per cycle:
   anchors as one message;
 - the controller broadcasts the cycle's *control*: the draft and the verdict of every
   active request, so each rank advances identical copies of the request pipelines.
-  Every rank posts its receive of it before its own stage; with ``verdict_lag`` 1 the
-  controller sends it before its own stage too (drafts and verdicts then depend only
-  on earlier cycles), so the other ranks get it while their stage still runs.
+  Every rank posts its receive of it before its own stage. The controller sends it
+  once its own stage is queued (with ``verdict_lag`` 1 it then reads verdicts queued
+  a cycle earlier), so the other ranks get it while their stage still runs.
 
 Both sides always know how many rows move (they hold the same pipeline states), so
 no shapes travel, and a rank posts its receives first thing in a cycle, before its
