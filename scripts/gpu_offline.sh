@@ -6,6 +6,8 @@
 #   bash scripts/gpu_offline.sh OUT_DIR test                 # tests/test_gpu_*.py
 #   bash scripts/gpu_offline.sh OUT_DIR bench 2 "spd tp1" [decode_speed.py args]
 #                                      # rows appended to OUT_DIR/decode_speed_n2.json
+#   bash scripts/gpu_offline.sh OUT_DIR head TARGET_DIR PROMPTS_DIR "2 4"
+#                                      # draft heads trained on this GPU (see head_gpu.sh)
 # TEST_TIMEOUT (default 420 s) bounds the tests, TESTS picks them (pytest arguments);
 # VLLM_SPD_CACHE must hold models/tiny-qwen3 for them. PROFILE=1 also writes one
 # profiled decode step per SPD rank into OUT_DIR.
@@ -27,5 +29,7 @@ case $what in
     if [ -n "${PROFILE:-}" ]; then export VLLM_SPD_PROFILE_DIR=$out; fi
     NS=$1 SYSTEMS=$2 bash benchmarks/run_decode_speed.sh "$out" "${@:3}" 2>&1 \
       | grep -v "Warning\|SpecDecoding\|it/s\]\|kernel/s\|INFO\|WARN" | tail -60 ;;
-  *) echo "unknown step '$what' (test | bench N SYSTEMS)" >&2; exit 2 ;;
+  head)
+    bash "$repo/scripts/head_gpu.sh" "$out" "$@" 2>&1 | grep -v "Warning\|INFO\|WARN\|it/s\]" | tail -60 ;;
+  *) echo "unknown step '$what' (test | bench N SYSTEMS | head TARGET PROMPTS_DIR STAGES)" >&2; exit 2 ;;
 esac
