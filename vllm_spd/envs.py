@@ -12,6 +12,8 @@ CACHE_DIR_VAR = "VLLM_SPD_CACHE"
 FULL_GRAPHS_VAR = "VLLM_SPD_FULL_GRAPHS"
 #: "0" runs the draft module eagerly instead of replaying its CUDA graphs.
 DRAFT_GRAPHS_VAR = "VLLM_SPD_DRAFT_GRAPHS"
+#: "0" verifies eagerly instead of replaying verification CUDA graphs (greedy batches).
+VERIFY_GRAPHS_VAR = "VLLM_SPD_VERIFY_GRAPHS"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -48,3 +50,7 @@ def full_graphs() -> bool:
 
 def draft_graphs() -> bool:
     return _on(DRAFT_GRAPHS_VAR)
+
+
+def verify_graphs() -> bool:
+    return _on(VERIFY_GRAPHS_VAR)

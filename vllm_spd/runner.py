@@ -532,20 +532,53 @@ class SPDRunnerMixin(DraftingMixin):
         ``e`` (from its final hidden state) against the draft that follows it. Returns
         ``[2, len(pairs)]`` on the device: accepted (0/1) and the committed token."""
         model = self.get_model()
-        hidden = torch.stack([req.carry[e.pos][0] for req, e in pairs])
-        if self.spd_link is not None:   # the last stage's model forward applied the final norm
-            normed = hidden
-        else:
+        # Final-normed rows: across ranks the last stage's model forward applied the norm.
+        normed = [req.carry[e.pos][0] for req, e in pairs]
+        if self.spd_link is None:
             residual = torch.stack([req.carry[e.pos][1] for req, e in pairs])
-            normed, _ = model.model.norm(hidden, residual)
-        logits = model.compute_logits(normed).float()
+            normed, _ = model.model.norm(torch.stack(normed), residual)
         reqs = [req for req, _ in pairs]
-        self._spd_apply_min_tokens(logits, reqs)
         cands = [req.pipe.successor(e) for req, e in pairs]
         drafts = [c.token if c is not None else -1 for c in cands]
+        graphs = self._spd_verify_graphs()
+        if graphs is not None and graphs.fits(len(pairs)) and \
+                all(req.sampling.greedy and not req.gate.masks_stop_tokens for req in reqs):
+            return graphs.verify(normed, drafts)
+        if isinstance(normed, list):
+            normed = torch.stack(normed)
+        logits = model.compute_logits(normed).float()
+        self._spd_apply_min_tokens(logits, reqs)
         qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
         accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
         return torch.stack([accepted.to(tokens.dtype), tokens])
+
+    def _spd_verify_graphs(self):
+        """Greedy verification's fixed-shape path (``verify_graphs.py``): captured on a
+        GPU by :meth:`capture_model`, run eagerly on CPU; None where it is off."""
+        if not hasattr(self, "spd_verify_graphs"):
+            from vllm_spd import envs
+            from vllm_spd.verify_graphs import VerifyGraphs
+
+            cpu = self.device.type != "cuda" and envs.verify_graphs()
+            self.spd_verify_graphs = VerifyGraphs.for_runner(self) if cpu else None
+        return self.spd_verify_graphs
+
+    def capture_model(self):
+        """vLLM's graphs and the draft module's, then verification's (on the controller)."""
+        size = super().capture_model()
+        if self.spd_is_controller:
+            from vllm_spd.verify_graphs import VerifyGraphs, graphs_supported
+
+            ok, why = graphs_supported(self)
+            if not ok:
+                logger.info("spd: verification runs eagerly (%s)", why)
+                return size
+            free = torch.cuda.mem_get_info(self.device)[0]
+            graphs = VerifyGraphs.for_runner(self)
+            graphs.capture()
+            self.spd_verify_graphs = graphs
+            size = (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
+        return size
 
     def _spd_decide(self, active, launch_drafts):
         """Controller: this cycle's drafts (from ``launch_drafts``, see
