@@ -72,8 +72,9 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     rank's next stage waits for verification. 1: the verdict is computed in the cycle
     the token leaves the last stage and takes effect in the next one, so a cycle's
     drafts and verdicts depend only on earlier cycles: no rank's next stage waits for
-    this cycle's verification; a rejected draft costs one more cycle. Default: 1 with one stage per rank (faster on 4x H200 at every measured
-    alpha, see README), 0 in one worker (where stages run one after another anyway).
+    this cycle's verification; a rejected draft costs one more cycle. Default: 1 with
+    one stage per rank (faster on 4x H200 at every measured alpha, see README), 0 in
+    one worker (where stages run one after another anyway).
     Output is exact either way; seeded sampling draws differ between the two."""
 
     @property
