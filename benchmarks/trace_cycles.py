@@ -13,7 +13,10 @@ it prints the medians over the step's cycles of:
   device sees it);
 - ``idle``: period minus graph span (when this rank's stage is not running: the
   controller's LM head and verification fall here, and any wait);
-- ``launch host``: the host time of ``cudaGraphLaunch`` itself.
+- ``launch host``: the host time of ``cudaGraphLaunch`` itself;
+- ``host busy``: the host's time per cycle minus its waits (device synchronisations,
+  and on a rank that does not verify, its wait for the controller's broadcast, the
+  ``spd.control`` phase); the host work a cycle needs on this rank.
 
 The profiler slows the host, so these are the profiled step's figures; tokens/s come
 from the untimed runs of ``decode_speed.py``.
@@ -52,7 +55,21 @@ def cycle_timing(trace: dict) -> dict:
 
     return dict(cycles=len(replays), graph_span_ms=med(spans), graph_kernels_ms=med([r[2] for r in replays]),
                 period_ms=med(periods), idle_ms=med([p - s for p, s in zip(periods, spans)]),
-                launch_host_ms=med([r[3] for r in replays]))
+                launch_host_ms=med([r[3] for r in replays]), host_busy_ms=host_busy_ms(events, len(replays)))
+
+
+def host_busy_ms(events, cycles: int) -> float | None:
+    """Mean host time per cycle outside waits, over the step's annotated phases."""
+    phases = [e for e in events if e.get("cat") == "user_annotation" and str(e.get("name")).startswith("spd.")]
+    if not phases:
+        return None
+    start = min(e["ts"] for e in phases)
+    end = max(e["ts"] + e["dur"] for e in phases)
+    waits = sum(e["dur"] for e in events if e.get("name") in ("cudaEventSynchronize", "cudaStreamSynchronize")
+                and start <= e["ts"] <= end)
+    if not any(e["name"] == "spd.verify" for e in phases):   # not the controller
+        waits += sum(e["dur"] for e in phases if e["name"] == "spd.control")
+    return round((end - start - waits) / cycles / 1000, 3)
 
 
 def main(argv=None) -> None:

@@ -35,6 +35,22 @@ def test_cycle_timing_from_graph_replays():
     assert t["period_ms"] == 1.05            # median of 1000 and 1100 us
     assert t["idle_ms"] == 0.74              # median of 690 and 790 us
     assert t["launch_host_ms"] == 0.04
+    assert t["host_busy_ms"] is None          # no phases annotated
+
+
+def test_host_busy_leaves_out_waits():
+    from trace_cycles import cycle_timing
+
+    trace = _trace([0.0, 1000.0], [100.0], 0.0, 40.0)
+    phase = dict(ph="X", cat="user_annotation")
+    trace["traceEvents"] += [dict(phase, name="spd.stage", ts=0.0, dur=600.0),
+                             dict(phase, name="spd.control", ts=600.0, dur=300.0),   # waiting for the broadcast
+                             dict(phase, name="spd.commit", ts=900.0, dur=100.0),
+                             dict(phase, name="spd.stage", ts=1000.0, dur=1000.0)]
+    assert cycle_timing(trace)["host_busy_ms"] == 0.85        # (2000 - 300) / 2 cycles
+    trace["traceEvents"] += [dict(phase, name="spd.verify", ts=1200.0, dur=500.0),   # the controller:
+                             dict(ph="X", cat="cuda_runtime", name="cudaEventSynchronize", ts=1300.0, dur=400.0)]
+    assert cycle_timing(trace)["host_busy_ms"] == 0.8         # its control phase is work, the sync a wait
 
 
 def test_too_few_replays_is_an_error():
