@@ -94,7 +94,7 @@ class VerifyGraphs:
 
 def graphs_supported(runner) -> tuple[bool, str]:
     """Whether verification may be captured: a GPU, graphs not switched off, vLLM not
-    eager."""
+    eager, and the LM head whole on this rank (no tensor-parallel gather of logits)."""
     from vllm_spd import envs
 
     if runner.device.type != "cuda":
@@ -103,4 +103,6 @@ def graphs_supported(runner) -> tuple[bool, str]:
         return False, f"{envs.VERIFY_GRAPHS_VAR}=0"
     if runner.model_config.enforce_eager:
         return False, "vLLM runs eagerly"
+    if runner.parallel_config.tensor_parallel_size > 1:
+        return False, "the LM head is split over tensor-parallel ranks"
     return True, ""
