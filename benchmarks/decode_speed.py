@@ -11,6 +11,8 @@ prompts (``--input-len``) and output length (``--output-len``):
 - SPD with n stages on n pipeline ranks:
   (a) ``oracle`` drafter at each ``--alphas`` value: a benchmark instrument that proposes
       the recorded greedy token with probability alpha (recorded by a first SPD run);
+      at the first alpha also with greedy verification eager (its CUDA graphs switched
+      off in the same engine), to price them;
   (b) the oracle at the last alpha with a random-weight draft module run every cycle
       (unused) to price drafting, and (c) that draft module's own drafts (random
       weights: alpha near 0; shows the cost of drafting when every draft fails).
@@ -63,6 +65,16 @@ def _arm_profile(worker, after):
     p = getattr(worker.model_runner, "spd_profiler", None)
     if p is not None:
         p.arm(after)
+
+
+def _verify_graphs(worker, on):
+    """Switch the controller's verification graphs off (eager verification) or back on;
+    returns whether this worker has them."""
+    r = worker.model_runner
+    if not hasattr(r, "_bench_verify_graphs"):
+        r._bench_verify_graphs = r._spd_verify_graphs() if r.spd_is_controller else None
+    r.spd_verify_graphs = r._bench_verify_graphs if on else None
+    return r._bench_verify_graphs is not None
 
 
 def _timer(worker, on):
@@ -197,6 +209,11 @@ def run_system(a) -> list[dict]:
                 llm.collective_rpc(_timer, args=(True,))
                 _timed(llm, prompts, a.output_len)
                 rows[-1]["cycle_split"] = llm.collective_rpc(_timer, args=(False,))
+                if any(llm.collective_rpc(_verify_graphs, args=(False,))):
+                    # the same row with greedy verification eager: what its graphs save
+                    rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha,
+                                                         "verify": "eager"}))
+                    llm.collective_rpc(_verify_graphs, args=(True,))
         alpha = a.alphas[-1]
         llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", True))
         rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced", "alpha": alpha}))
@@ -230,7 +247,7 @@ def _label(r) -> str:
     d = r["drafter"]
     spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
-        return f"{spd} oracle alpha={r['alpha']}"
+        return f"{spd} oracle alpha={r['alpha']}" + (", eager verify" if r.get("verify") == "eager" else "")
     if d == "oracle+pdm_priced":
         return f"{spd} oracle alpha={r['alpha']} + PDM run"
     return f"{spd} random PDM drafts"

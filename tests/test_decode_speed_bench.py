@@ -27,20 +27,22 @@ def test_decode_speed_cpu(tiny_qwen3, tmp_path, monkeypatch, capsys):
     result = json.loads(out.read_text())
     rows = result["rows"]
     labels = [(r["system"], r.get("drafter"), r.get("alpha")) for r in rows]
-    assert labels == [("tp1", None, None), ("ppn", None, None), ("spd", "oracle", 1.0), ("spd", "oracle", 0.6),
-                      ("spd", "oracle+pdm_priced", 0.6), ("spd", "random_pdm", None)]
+    assert labels == [("tp1", None, None), ("ppn", None, None), ("spd", "oracle", 1.0), ("spd", "oracle", 1.0),
+                      ("spd", "oracle", 0.6), ("spd", "oracle+pdm_priced", 0.6), ("spd", "random_pdm", None)]
     spd = [r for r in rows if r["system"] == "spd"]
-    assert spd[0]["measured_alpha"] == 1.0
+    assert spd[0]["measured_alpha"] == 1.0 and "verify" not in spd[0]
+    assert spd[1]["verify"] == "eager" and spd[1]["measured_alpha"] == 1.0   # verification graphs off
     assert spd[0]["verdict_lag"] == 1              # the engine's default with one stage per rank
-    assert spd[1]["measured_alpha"] < 1.0
+    assert spd[2]["measured_alpha"] < 1.0
     for r in rows:
         assert r["out_tok_s"] > 0 and len(r["t_full_s"]) == 1
-    for r in (spd[0], spd[2]):
+    for r in (spd[0], spd[3]):
         split = r["cycle_split"]
         assert len(split) == 2 and all(s["cycles"] > 0 for s in split)
         assert split[1]["ms_per_cycle"]["verify"] > 0 and split[0]["ms_per_cycle"]["verify"] == 0
-    assert spd[2]["cycle_split"][1]["ms_per_cycle"]["draft"] > spd[0]["cycle_split"][1]["ms_per_cycle"]["draft"]
-    assert "SPD n=2 lag 1 oracle alpha=1.0" in capsys.readouterr().out
+    assert spd[3]["cycle_split"][1]["ms_per_cycle"]["draft"] > spd[0]["cycle_split"][1]["ms_per_cycle"]["draft"]
+    out = capsys.readouterr().out
+    assert "SPD n=2 lag 1 oracle alpha=1.0" in out and "SPD n=2 lag 1 oracle alpha=1.0, eager verify" in out
 
 
 def test_append_keeps_rows_of_the_same_settings_only(tmp_path):
