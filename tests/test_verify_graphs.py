@@ -52,3 +52,18 @@ def test_fixed_shape_path_matches_eager_verification(dtype):
 def test_fits_up_to_its_row_count():
     graphs = VerifyGraphs(LMHead(torch.zeros(4, 2)), 2, torch.float32, torch.device("cpu"), max_rows=3)
     assert graphs.fits(3) and not graphs.fits(4)
+
+
+def test_no_capture_off_a_gpu():
+    """Off a GPU nothing is captured or stored, and vLLM's graph memory figure stands."""
+    from types import SimpleNamespace
+
+    from vllm_spd.drafting import DraftingMixin
+    from vllm_spd.verify_graphs import graphs_supported
+
+    runner = SimpleNamespace(device=torch.device("cpu"))
+    made = []
+    size = DraftingMixin._spd_capture_graphs(runner, 5, "verification", graphs_supported, made.append,
+                                             "spd_verify_graphs")
+    assert size == 5 and not made and not hasattr(runner, "spd_verify_graphs")
+    assert graphs_supported(runner) == (False, "not a CUDA device")

@@ -215,16 +215,24 @@ class DraftingMixin:
         if self.spd_pdm is not None:
             from vllm_spd.draft_graphs import DraftGraphs, graphs_supported
 
-            ok, why = graphs_supported(self)
-            if not ok:
-                logger.info("spd: the draft module runs eagerly (%s)", why)
-                return size
-            free = torch.cuda.mem_get_info(self.device)[0]
-            graphs = DraftGraphs(self)
-            graphs.capture()
-            self.spd_draft_graphs = graphs
-            size = (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
+            size = self._spd_capture_graphs(size, "the draft module", graphs_supported, DraftGraphs,
+                                            "spd_draft_graphs")
         return size
+
+    def _spd_capture_graphs(self, size, what: str, supported, make, attr: str):
+        """Capture one of SPD's own graph sets after vLLM's: where ``supported(self)``
+        allows it, ``make(self).capture()`` is kept as ``self.<attr>`` and the device
+        memory it took is added to ``size`` (vLLM's figure for its graphs); otherwise
+        ``what`` runs eagerly, and the log says why."""
+        ok, why = supported(self)
+        if not ok:
+            logger.info("spd: %s runs eagerly (%s)", what, why)
+            return size
+        free = torch.cuda.mem_get_info(self.device)[0]
+        graphs = make(self)
+        graphs.capture()
+        setattr(self, attr, graphs)
+        return (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
 
     def _pdm_forward(self, chunks: list[Chunk], stack: torch.Tensor, types: torch.Tensor):
         pdm = self.spd_pdm

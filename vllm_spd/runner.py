@@ -569,15 +569,8 @@ class SPDRunnerMixin(DraftingMixin):
         if self.spd_is_controller:
             from vllm_spd.verify_graphs import VerifyGraphs, graphs_supported
 
-            ok, why = graphs_supported(self)
-            if not ok:
-                logger.info("spd: verification runs eagerly (%s)", why)
-                return size
-            free = torch.cuda.mem_get_info(self.device)[0]
-            graphs = VerifyGraphs.for_runner(self)
-            graphs.capture()
-            self.spd_verify_graphs = graphs
-            size = (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
+            size = self._spd_capture_graphs(size, "verification", graphs_supported, VerifyGraphs.for_runner,
+                                            "spd_verify_graphs")
         return size
 
     def _spd_decide(self, active, launch_drafts):
