@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="evenly spaced prompts per file")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM's share of GPU memory (lower it when other jobs share the GPU)")
     p.add_argument("--out", required=True, help="result JSON")
     a = p.parse_args(argv)
     if a.drafter == "ngram" and a.head:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec["model"] = a.head
     start = time.perf_counter()
     llm = LLM(model=a.target, dtype="float32", enforce_eager=True, max_model_len=a.max_model_len, seed=a.seed,
-              speculative_config=spec, disable_log_stats=False)
+              speculative_config=spec, disable_log_stats=False, gpu_memory_utilization=a.gpu_memory_utilization)
     head = llm.llm_engine.vllm_config.speculative_config.model if a.drafter != "ngram" else None
     result = {"target": os.path.abspath(a.target), "drafter": a.drafter, "head": head_summary(head),
               "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "dtype": "float32",

@@ -1,0 +1,126 @@
+"""Prompts the target invents (vllm_spd.train.invent): the query prefix cut from the chat
+template, cleaning and deduplication, per-request seeds, rounds, exclusions and refusal."""
+
+import json
+
+import pytest
+
+from vllm_spd.train import invent
+
+from test_train import IM_END, IM_START, _tokenizer
+
+
+def test_query_prefix_chatml():
+    tok = _tokenizer()
+    assert invent.query_prefix(tok) == f"{IM_START}user\n"
+
+
+def test_query_prefix_keeps_the_default_system_turn(smollm2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    prefix = invent.query_prefix(tok)
+    assert prefix.startswith(f"{IM_START}system\n") and "SmolLM" in prefix
+    assert prefix.endswith(f"{IM_END}\n{IM_START}user\n")
+
+
+def test_query_prefix_needs_a_chat_template():
+    tok = _tokenizer()
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        invent.query_prefix(tok)
+
+
+def test_clean_prompt_and_key():
+    assert invent.clean_prompt("   Explain how tides work.\n") == "Explain how tides work."
+    assert invent.clean_prompt("hi") is None                                  # too short
+    assert invent.clean_prompt("x" * 2000) is None                            # too long
+    assert invent.clean_prompt(f"What is 2+2?{IM_START}assistant", [IM_START]) is None
+    assert invent.prompt_key("  Hello\n  World ") == invent.prompt_key("hello world")
+
+
+class _Completion:
+    def __init__(self, text, finish="stop"):
+        self.text, self.finish_reason = text, finish
+
+
+class _Out:
+    def __init__(self, text, finish="stop"):
+        self.outputs = [_Completion(text, finish)]
+
+
+class StubLLM:
+    """Answers by seed: seeds divisible by 5 repeat one prompt, by 7 run past
+    max_tokens, 11 is an evaluation prompt, others are distinct."""
+
+    def __init__(self):
+        self.seeds, self.prompts = [], []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        outs = []
+        for p, sp in zip(prompts, params):
+            self.prompts.append(p["prompt_token_ids"])
+            self.seeds.append(sp.seed)
+            if sp.seed % 5 == 0:
+                outs.append(_Out("Tell me a joke about cats."))
+            elif sp.seed % 7 == 0:
+                outs.append(_Out("An unfinished question about", finish="length"))
+            elif sp.seed == 11:
+                outs.append(_Out("Name three   primary colours."))
+            else:
+                outs.append(_Out(f"Question number {sp.seed}: why is the sky blue?"))
+        return outs
+
+
+def test_invent_rounds_dedupe_and_seeds():
+    tok = _tokenizer()
+    llm = StubLLM()
+    got = invent.invent_prompts("unused", 30, llm=llm, tokenizer=tok, seed=100,
+                                exclude=["name three primary colours."])
+    texts = [g["turns"][0] for g in got]
+    assert len(texts) == 30 and all(g["category"] == "invented" for g in got)
+    assert len({invent.prompt_key(t) for t in texts}) == 30
+    assert texts.count("Tell me a joke about cats.") == 1
+    assert not any("unfinished" in t for t in texts)
+    assert len(llm.seeds) == len(set(llm.seeds)) and min(llm.seeds) == 100      # one seed per request
+    assert all(p == tok.encode(f"{IM_START}user\n", add_special_tokens=False) for p in llm.prompts)
+    again = invent.invent_prompts("unused", 30, llm=StubLLM(), tokenizer=tok, seed=100,
+                                  exclude=["name three primary colours."])
+    assert again == got
+
+
+def test_invent_with_excluded_prompt_and_second_round():
+    # seed 11 (an excluded prompt) and the repeats force a second round for 12 prompts
+    llm = StubLLM()
+    got = invent.invent_prompts("unused", 12, llm=llm, tokenizer=_tokenizer(), seed=0,
+                                exclude=["Name three primary colours."])
+    assert len(got) == 12 and 11 in llm.seeds
+    assert "Name three   primary colours." not in [g["turns"][0] for g in got]
+
+
+def test_invent_refuses_when_the_target_repeats_itself():
+    class Parrot(StubLLM):
+        def generate(self, prompts, params, use_tqdm=False):
+            return [_Out("Always the same question?") for _ in prompts]
+
+    with pytest.raises(RuntimeError, match="only 1 distinct prompts of the 5"):
+        invent.invent_prompts("unused", 5, llm=Parrot(), tokenizer=_tokenizer())
+
+
+def test_cli_writes_prompts_the_data_cli_reads(tmp_path, monkeypatch):
+    from vllm_spd.train import data as data_mod
+
+    evalset = tmp_path / "eval.jsonl"
+    evalset.write_text(json.dumps({"turns": ["Question number 3: why is the sky blue?", "more"]}) + "\n")
+    calls = {}
+
+    def fake(target, num, **kw):
+        calls.update(kw, target=target, num=num)
+        return [{"turns": [f"p{i}"], "category": "invented"} for i in range(num)]
+
+    monkeypatch.setattr(invent, "invent_prompts", fake)
+    out = tmp_path / "inv.jsonl"
+    invent.main(["--target", "T", "--num", "3", "--out", str(out), "--exclude", str(evalset), "--seed", "4"])
+    assert calls["num"] == 3 and calls["seed"] == 4
+    assert calls["exclude"] == ["Question number 3: why is the sky blue?", "more"]
+    assert data_mod.read_prompts(str(out)) == [["p0"], ["p1"], ["p2"]]
