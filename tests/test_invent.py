@@ -124,3 +124,45 @@ def test_cli_writes_prompts_the_data_cli_reads(tmp_path, monkeypatch):
     assert calls["num"] == 3 and calls["seed"] == 4
     assert calls["exclude"] == ["Question number 3: why is the sky blue?", "more"]
     assert data_mod.read_prompts(str(out)) == [["p0"], ["p1"], ["p2"]]
+
+
+def test_trainer_invents_then_answers_with_one_engine(tmp_path, monkeypatch):
+    """``python -m vllm_spd.train --generate-from F --invent N``: one engine invents N
+    prompts (evaluation prompts excluded), then answers the file's prompts and those."""
+    import vllm
+
+    from vllm_spd.train import data as data_mod
+    from vllm_spd.train import trainer as trainer_mod
+
+    engines = []
+
+    class Engine(StubLLM):
+        def __init__(self, model=None, **kw):
+            super().__init__()
+            self.chats = []
+            engines.append(self)
+
+        def chat(self, convs, params, use_tqdm=True, chat_template_kwargs=None):
+            self.chats.append([c[-1]["content"] for c in convs])
+            return [_Out(f"answer to {c[-1]['content'][:12]}") for c in convs]
+
+    monkeypatch.setattr(vllm, "LLM", Engine)
+    given = tmp_path / "given.jsonl"
+    given.write_text(json.dumps({"turns": ["What is a stack?"]}) + "\n")
+    evalset = tmp_path / "eval.jsonl"
+    evalset.write_text(json.dumps({"turns": ["Question number 1: why is the sky blue?"]}) + "\n")
+    out = tmp_path / "head"
+    args = trainer_mod.build_parser().parse_args(
+        ["--target", "T", "--num-stages", "2", "--out", str(out), "--generate-from", str(given),
+         "--invent", "4", "--invent-exclude", str(evalset), "--seed", "1", "--device", "cpu"])
+    trainer = trainer_mod.Trainer(args)
+    trainer.tokenizer = _tokenizer()
+    path = trainer.generate_data()
+    assert len(engines) == 1
+    invented = [r["turns"][0] for r in map(json.loads, (out / "invented.jsonl").read_text().splitlines())]
+    assert len(invented) == 4 and "Question number 1: why is the sky blue?" not in invented
+    assert engines[0].chats == [["What is a stack?"] + invented]
+    convs = data_mod.read_conversations([path])
+    assert [c[0]["content"] for c in convs] == ["What is a stack?"] + invented
+    assert all(c[1]["content"].startswith("answer to ") for c in convs)
+    assert trainer.generated["invented"] == 4

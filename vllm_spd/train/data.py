@@ -290,11 +290,11 @@ def generate_conversations(target: str, prompts: list, *, num: int | None = None
     finally:
         if own:
             del llm
-            _release_vllm()
+            release_vllm()
     return convs
 
 
-def _release_vllm() -> None:
+def release_vllm() -> None:
     import gc
 
     gc.collect()

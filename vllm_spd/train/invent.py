@@ -122,13 +122,20 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
     finally:
         if own:
             del llm
-            from vllm_spd.train.data import _release_vllm
+            from vllm_spd.train.data import release_vllm
 
-            _release_vllm()
+            release_vllm()
     if len(found) < num:
         raise RuntimeError(f"the target invented only {len(found)} distinct prompts of the {num} asked "
                            f"({issued} samples): ask for fewer, or raise --temperature")
     return [{"turns": [t], "category": "invented"} for t in found[:num]]
+
+
+def write_prompts(path: str, prompts: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in prompts:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,10 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     exclude = [t for path in a.exclude for turns in read_prompts(path) for t in turns if isinstance(t, str)]
     prompts = invent_prompts(a.target, a.num, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens,
                              seed=a.seed, template_kwargs=a.chat_template_kwargs, exclude=exclude, dtype=a.dtype)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w", encoding="utf-8") as f:
-        for rec in prompts:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_prompts(a.out, prompts)
     print(json.dumps({"out": os.path.abspath(a.out), "prompts": len(prompts)}))
 
 

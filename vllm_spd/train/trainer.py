@@ -28,6 +28,7 @@ import torch
 
 from vllm_spd import checkpoint, layout as layout_mod
 from vllm_spd.train import data as data_mod
+from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
 from vllm_spd.train import vocab as vocab_mod
 from vllm_spd.train.loss import distill_loss
@@ -38,6 +39,7 @@ logger = logging.getLogger("vllm_spd.train")
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
 GENERATED_FILE = "generated.jsonl"
+INVENTED_FILE = "invented.jsonl"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", nargs="+", action="extend", default=[], help="JSONL/parquet conversation files")
     g.add_argument("--generate-from", default=None, help="prompts file answered by the target (vLLM) first")
     g.add_argument("--num-generate", type=int, default=None, help="answer only the first N prompts")
+    g.add_argument("--invent", type=int, default=0, metavar="N",
+                   help="also answer N prompts the target invents (vllm_spd.train.invent)")
+    g.add_argument("--invent-exclude", nargs="*", default=[], metavar="FILE",
+                   help="prompt files whose prompts must not be invented (e.g. evaluation sets)")
     g.add_argument("--gen-temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--gen-top-p", type=float, default=1.0)
     g.add_argument("--gen-max-tokens", type=int, default=1024)
@@ -166,23 +172,41 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------
     def generate_data(self) -> str | None:
-        """``--generate-from``: the target answers the prompts through vLLM, into
-        OUT/generated.jsonl (kept on --resume). Runs before the HF copy of the target
-        is loaded, so vLLM has the memory."""
+        """``--generate-from`` / ``--invent``: the target answers the prompts (those of the
+        file, then those it invents) through one vLLM engine, into OUT/generated.jsonl
+        (kept on --resume; invented prompts also go to OUT/invented.jsonl). Runs before
+        the HF copy of the target is loaded, so vLLM has the memory."""
         a = self.args
-        if not a.generate_from:
+        if not a.generate_from and not a.invent:
             self.generated = None
             return None
         path = os.path.join(self.out, GENERATED_FILE)
         if not (a.resume and os.path.isfile(path)):
-            prompts = data_mod.read_prompts(a.generate_from)
-            logger.info("answering %d prompts with the target", min(len(prompts), a.num_generate or len(prompts)))
-            convs = data_mod.generate_conversations(
-                a.target, prompts, num=a.num_generate, temperature=a.gen_temperature, top_p=a.gen_top_p,
-                max_tokens=a.gen_max_tokens, seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
-                dtype="float32" if self.dtype == torch.float32 else "auto")
+            from vllm import LLM
+
+            prompts = data_mod.read_prompts(a.generate_from) if a.generate_from else []
+            prompts = prompts[: a.num_generate] if a.num_generate else prompts
+            llm = LLM(model=a.target, seed=a.seed, dtype="float32" if self.dtype == torch.float32 else "auto")
+            try:
+                if a.invent:
+                    exclude = [t for f in a.invent_exclude for turns in data_mod.read_prompts(f)
+                               for t in turns if isinstance(t, str)]
+                    invented = invent_mod.invent_prompts(a.target, a.invent, llm=llm, tokenizer=self.tokenizer,
+                                                         seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
+                                                         exclude=exclude)
+                    invent_mod.write_prompts(os.path.join(self.out, INVENTED_FILE), invented)
+                    prompts += [rec["turns"] for rec in invented]
+                logger.info("answering %d prompts with the target", len(prompts))
+                convs = data_mod.generate_conversations(
+                    a.target, prompts, temperature=a.gen_temperature, top_p=a.gen_top_p,
+                    max_tokens=a.gen_max_tokens, seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
+                    llm=llm)
+            finally:
+                del llm
+                data_mod.release_vllm()
             data_mod.write_jsonl(path, convs, {"source": "target", "target": os.path.abspath(a.target)})
-        self.generated = {"prompts": os.path.abspath(a.generate_from), "num": a.num_generate,
+        self.generated = {"prompts": os.path.abspath(a.generate_from) if a.generate_from else None,
+                          "num": a.num_generate, "invented": a.invent,
                           "temperature": a.gen_temperature, "top_p": a.gen_top_p,
                           "max_tokens": a.gen_max_tokens, "file": os.path.abspath(path)}
         return path
@@ -191,7 +215,7 @@ class Trainer:
         a = self.args
         files = list(a.data) + ([generated] if generated else [])
         if not files:
-            raise SystemExit("no training data: give --data and/or --generate-from")
+            raise SystemExit("no training data: give --data, --generate-from and/or --invent")
         self.files = [os.path.abspath(f) for f in files]
         convs = data_mod.read_conversations(files)
         self.eot_ids = vocab_mod.end_of_turn_ids(self.tokenizer, self.target_eos(), a.chat_template_kwargs)
