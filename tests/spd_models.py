@@ -40,10 +40,13 @@ def predictable_target(src: str, out: str, damping: float = 0.001, seed: int = 0
     return out
 
 
-def mirror_head(target: str, num_stages: int, out: str, num_draft_layers: int = 1) -> str:
+def mirror_head(target: str, num_stages: int, out: str, num_draft_layers: int = 1,
+                context: float = 0.0) -> str:
     """A head that drafts ``lm_head(final_norm(embedding of the newest token))``:
     type projections pass anchor 0 through, tower layers add nothing (zero output
-    projections; their attention still reads and writes the paged KV)."""
+    projections; their attention still reads and writes the paged KV). ``context`` > 0
+    gives the attention output projections random weights of that scale, so drafts
+    also depend on earlier rows (every anchor of the prompt's rows included)."""
     if os.path.isfile(os.path.join(out, "config.json")):
         return out
     cfg = init_head(target, num_stages, out, num_draft_layers)
@@ -53,8 +56,15 @@ def mirror_head(target: str, num_stages: int, out: str, num_draft_layers: int = 
         w = torch.zeros(H, (a + 1) * H)
         w[:, :H] = torch.eye(H)
         sd[f"aggr_projs.{a}.weight"] = w
-    for name in sd:
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
+    gen = torch.Generator().manual_seed(0)
+    for name in sorted(sd):
+        if name.endswith("down_proj.weight") or (name.endswith("o_proj.weight") and not context):
             sd[name] = torch.zeros_like(sd[name])
+        elif name.endswith("o_proj.weight"):
+            w = sd[name]
+            sd[name] = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype) * context / w.shape[1] ** 0.5
+        elif context and name.startswith("aggr_projs."):
+            w = sd[name]   # every anchor of a row's type enters its row
+            sd[name] = w + torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.dtype) * context / w.shape[1] ** 0.5
     save_file(sd, os.path.join(out, "model.safetensors"))
     return out

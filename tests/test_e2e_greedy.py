@@ -238,3 +238,31 @@ def test_oracle_drafter_hits_its_alpha(tiny_qwen3, tiny_reference, alpha, tmp_pa
     assert_identical(tiny_reference, out)
     measured = counters["vllm:spec_decode_num_accepted_tokens"] / counters["vllm:spec_decode_num_draft_tokens"]
     assert abs(measured - alpha) < 0.06, measured
+
+
+def test_drafts_do_not_depend_on_in_place_norms(predictable, tmp_path, monkeypatch):
+    """On CUDA, vLLM's fused add + RMSNorm writes the residual (and the input) in place;
+    on CPU it does not. SPD must draft the same either way: no anchor it keeps (the
+    prompt's embeddings included) may alias a buffer the target's layers update."""
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    target, reference = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"), context=1.0)
+    spec = {"method": "spd", "num_stages": 2, "model": head}
+    native = RMSNorm.forward_native
+
+    def in_place(self, x, residual=None):
+        out = native(self, x, residual)
+        if residual is None:
+            return out
+        normed, summed = out
+        residual.copy_(summed)
+        x.copy_(normed)
+        return x, residual
+
+    _, counts_native = generate(target, spec, prompts=PROMPTS[:8])
+    monkeypatch.setattr(RMSNorm, "forward_native", in_place)
+    out, counts_in_place = generate(target, spec, prompts=PROMPTS[:8])
+    assert_identical(reference[:8], out)
+    assert counts_in_place == counts_native
+    assert counts_native["vllm:spec_decode_num_accepted_tokens"] > 0

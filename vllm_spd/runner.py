@@ -246,7 +246,9 @@ class SPDRunnerMixin(DraftingMixin):
         if first == 0:
             hidden, residual = tm.embed_input_ids(chunk_ids()), None
             if 0 in lay.anchors:
-                anchors[0] = hidden
+                # A copy: the first layer takes ``hidden`` as its residual, which vLLM's
+                # fused add + RMSNorm then updates in place on CUDA.
+                anchors[0] = hidden.clone()
         hidden, residual, caught = self.spd_slices.run_layers(
             tm.layers, first, last, chunks, hidden, residual, capture=set(lay.anchors))
         anchors.update(caught)
