@@ -107,9 +107,10 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
                 if comp.finish_reason != "stop":     # cut by max_tokens: not a whole message
                     continue
                 text = clean_prompt(comp.text, markers)
-                if text is None or prompt_key(text) in seen:
+                key = prompt_key(text) if text is not None else None
+                if key is None or key in seen:
                     continue
-                seen.add(prompt_key(text))
+                seen.add(key)
                 found.append(text)
                 added += 1
                 if len(found) >= num:
@@ -131,11 +132,11 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
     return [{"turns": [t], "category": "invented"} for t in found[:num]]
 
 
-def write_prompts(path: str, prompts: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in prompts:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+def excluded_texts(paths) -> list[str]:
+    """Every user turn of the prompt files ``paths`` (``exclude`` for ``invent_prompts``)."""
+    from vllm_spd.train.data import read_prompts
+
+    return [t for path in paths for turns in read_prompts(path) for t in turns if isinstance(t, str)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,11 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from vllm_spd.train.data import read_prompts
+    from vllm_spd.train.prompts import write_prompts
 
-    exclude = [t for path in a.exclude for turns in read_prompts(path) for t in turns if isinstance(t, str)]
     prompts = invent_prompts(a.target, a.num, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens,
-                             seed=a.seed, template_kwargs=a.chat_template_kwargs, exclude=exclude, dtype=a.dtype)
+                             seed=a.seed, template_kwargs=a.chat_template_kwargs,
+                             exclude=excluded_texts(a.exclude), dtype=a.dtype)
     write_prompts(a.out, prompts)
     print(json.dumps({"out": os.path.abspath(a.out), "prompts": len(prompts)}))
 
