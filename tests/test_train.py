@@ -576,6 +576,22 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
     with pytest.raises(SystemExit, match="different settings"):
         _train(common[:5] + ["2"] + common[6:] + ["--out", str(out_b), "--resume"])
 
+    # --init: a new run starts from out_a's weights and draft vocabulary.
+    out_c = tmp_path / "c"
+    third = _train(common[:11] + ["4"] + common[12:] + ["--out", str(out_c), "--init", str(out_a),
+                                                        "--draft-vocab-size", "32"])
+    assert third["step"] == 4 and third["draft_vocab_size"] == 64
+    history_c = [json.loads(x) for x in (out_c / "train_log.jsonl").read_text().splitlines()]
+    start = next(h for h in history_c if "eval_loss" in h)
+    assert start["step"] == 0
+    assert start["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-5)
+    assert torch.equal(checkpoint.load_tensors(str(out_c))["draft_token_ids"], ids)
+    assert checkpoint.read_config(str(out_c)).provenance["init"]["head"] == os.path.abspath(out_a)
+    with pytest.raises(SystemExit, match="draft layers: head 1, --draft-layers 2"):
+        _train(common[:5] + ["2"] + common[6:] + ["--out", str(tmp_path / "d"), "--init", str(out_a)])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        _train(common + ["--out", str(out_b), "--resume", "--init", str(out_a)])
+
 
 def test_cli_trained_head_drafts_inside_vllm(tiny_qwen3, tmp_path, monkeypatch):
     """A head written by the training CLI is a head the plugin serves: loaded by vLLM on

@@ -339,10 +339,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
     a = p.parse_args(argv)
     convs = generate_conversations(a.target, read_prompts(a.prompts), num=a.num, temperature=a.temperature,
                                    top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
-                                   template_kwargs=a.chat_template_kwargs, dtype=a.dtype)
+                                   template_kwargs=a.chat_template_kwargs, dtype=a.dtype,
+                                   gpu_memory_utilization=a.gpu_memory_utilization)
     write_jsonl(a.out, convs, {"source": "target", "target": os.path.abspath(a.target)})
     print(json.dumps({"out": os.path.abspath(a.out), "conversations": len(convs)}))
 

@@ -153,13 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--exclude", nargs="*", default=[],
                    help="prompt files (JSONL) whose prompts must not be written, e.g. evaluation sets")
     p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from vllm_spd.train.prompts import write_prompts
 
     prompts = invent_prompts(a.target, a.num, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens,
                              seed=a.seed, template_kwargs=a.chat_template_kwargs,
-                             exclude=excluded_texts(a.exclude), dtype=a.dtype)
+                             exclude=excluded_texts(a.exclude), dtype=a.dtype,
+                             gpu_memory_utilization=a.gpu_memory_utilization)
     write_prompts(a.out, prompts)
     print(json.dumps({"out": os.path.abspath(a.out), "prompts": len(prompts)}))
 

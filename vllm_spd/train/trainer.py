@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-every", type=int, default=None, help="default: --eval-every")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE}")
+    g.add_argument("--init", default=None, metavar="HEAD_DIR",
+                   help="start from this head's weights and draft vocabulary (fresh optimizer and "
+                        "schedule), e.g. to go on training a head on more data")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--dtype", choices=["auto", *_DTYPES], default="auto",
@@ -166,6 +169,10 @@ class Trainer:
         os.makedirs(self.out, exist_ok=True)
         self.state_path = os.path.join(self.out, STATE_FILE)
         self.resume_state = None
+        self.init_info = None
+        if args.resume and args.init:
+            raise SystemExit("--init and --resume exclude each other: --resume continues OUT's own run, "
+                             "--init starts a new run from another head")
         if args.resume:
             if not os.path.isfile(self.state_path):
                 raise SystemExit(f"--resume: no {self.state_path}")
@@ -258,9 +265,13 @@ class Trainer:
         self.target.requires_grad_(False)
         self.prepare_data(generated)
 
+        init_tensors = None
         if self.resume_state is not None:
             self.draft_ids = self.resume_state["draft_token_ids"]
             self.check_resume()
+        elif a.init:
+            init_tensors = self.read_init()
+            self.draft_ids = init_tensors["draft_token_ids"]
         else:
             self.draft_ids = self.build_vocab()
         V = self.target.config.vocab_size
@@ -268,6 +279,8 @@ class Trainer:
         self.t2d = vocab_mod.token_to_draft_index(self.d_ids, V)
         torch.manual_seed(a.seed)
         self.model = DraftModule.from_target(self.target, self.layout, a.draft_layers, self.draft_ids).to(self.device)
+        if init_tensors is not None:
+            self.model.load_head_tensors({k: v.float() for k, v in init_tensors.items() if k != "draft_token_ids"})
         self.block_types = mask_mod.used_types(self.layout)
         self.decode_type = mask_mod.drafting_type(self.layout)
 
@@ -295,11 +308,36 @@ class Trainer:
             self.sched.load_state_dict(st["scheduler"])
             self.step, self.elapsed, self.history = st["step"], st["elapsed"], st["history"]
             self.vocab_info = st["vocab_info"]
+            self.init_info = st.get("init_info")
             # Entries logged after the last checkpoint belong to the interrupted run:
             # the log restarts from the checkpoint's history.
             with open(os.path.join(self.out, LOG_FILE), "w") as f:
                 f.writelines(json.dumps(h) + "\n" for h in self.history)
             logger.info("resumed at step %d", self.step)
+
+    def read_init(self) -> dict:
+        """The ``--init`` head's tensors, after checking that it fits this run."""
+        a = self.args
+        try:
+            cfg = checkpoint.read_config(a.init)
+            checkpoint.check_fits_target(cfg, a.init, self.target.config, self.layout.num_stages,
+                                         [e - s for s, e in self.layout.ranges])
+            tensors = checkpoint.load_tensors(a.init)
+            checkpoint.check_tensors(cfg, tensors, a.init)
+        except checkpoint.HeadError as e:
+            raise SystemExit(f"--init: {e}") from None
+        problems = []
+        if list(cfg.anchors) != list(self.layout.anchors):
+            problems.append(f"anchors: head {cfg.anchors}, this run {list(self.layout.anchors)}")
+        if cfg.num_draft_layers != a.draft_layers:
+            problems.append(f"draft layers: head {cfg.num_draft_layers}, --draft-layers {a.draft_layers}")
+        if problems:
+            raise SystemExit(f"--init: head {a.init!r} does not fit this run: " + "; ".join(problems))
+        prov = cfg.provenance or {}
+        self.vocab_info = {**(prov.get("draft_vocab") or {}), "source": f"the --init head {os.path.abspath(a.init)}"}
+        self.init_info = {"head": os.path.abspath(a.init), "steps": prov.get("steps"),
+                          "data_files": prov.get("data_files")}
+        return tensors
 
     def check_resume(self):
         saved = self.resume_state["config"]
@@ -314,7 +352,8 @@ class Trainer:
                 "stage_layers": [e - s for s, e in self.layout.ranges], "anchors": list(self.layout.anchors),
                 "draft_layers": a.draft_layers, "draft_vocab_size": a.draft_vocab_size,
                 "data": self.files, "batch_size": a.batch_size, "max_length": a.max_length,
-                "seed": a.seed, "eval_fraction": a.eval_fraction}
+                "seed": a.seed, "eval_fraction": a.eval_fraction,
+                "init": os.path.abspath(a.init) if a.init else None}
 
     # -- one micro-batch ------------------------------------------------------------------
     def batch_loss(self, examples, fill: int, rep_depths: dict[int, int]):
@@ -375,6 +414,7 @@ class Trainer:
             "fill": {"full_prob": a.full_fill_prob, "partial": "uniform [1, n-1]"},
             "mask": "deepest-prefix + staircase, partial-fill cut-off delta >= fill - depth",
             "sample_type_depths": a.sample_type_depths, "draft_vocab": self.vocab_info,
+            "init": self.init_info,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return checkpoint.HeadConfig(
@@ -389,7 +429,8 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "history": self.history,
             "model": self.model.head_tensors(self.draft_ids), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "draft_token_ids": self.draft_ids.cpu(),
-            "vocab_info": self.vocab_info, "config": self.config_key(), "total_steps": self.total_steps,
+            "vocab_info": self.vocab_info, "init_info": self.init_info, "config": self.config_key(),
+            "total_steps": self.total_steps,
         }
         tmp = self.state_path + ".tmp"
         torch.save(state, tmp)
