@@ -14,6 +14,9 @@
 #   INVENTED (0): prompts the target invents (vllm_spd.train.invent, evaluation prompts
 #     excluded), answered greedily as well;
 #   STEPS (3000), BATCH (32), LR (1e-3), DRAFT_LAYERS (1), VOCAB (8192, the draft vocabulary);
+#   INIT: a head directory to start from (the trainer's --init; VOCAB is then the head's);
+#   SEED (0), EVAL_FRACTION (0.03), EVAL_EVERY (250): the trainer's --seed, --eval-fraction,
+#     --eval-every;
 #   EVAL_LIMIT (40), EVAL_TOKENS (128), EVAL_TEMPS ("0 1"), EVAL_GPU_MEM (0.9, vLLM's share of
 #     the GPU in the acceptance run: lower it when several trainings share one GPU).
 set -euo pipefail
@@ -45,7 +48,8 @@ for n in $stages; do
   python3 -m vllm_spd.train --target "$target" --num-stages "$n" --steps "${STEPS:-3000}" \
     --data $files --out "$out/s$n" --draft-layers "${DRAFT_LAYERS:-1}" \
     --draft-vocab-size "${VOCAB:-8192}" --max-length 512 --batch-size "${BATCH:-32}" --lr "${LR:-1e-3}" \
-    --eval-every 250 --eval-fraction 0.03 --log-every 50 --seed 0 --no-progress --save-dtype bfloat16
+    --eval-every "${EVAL_EVERY:-250}" --eval-fraction "${EVAL_FRACTION:-0.03}" --log-every 50 --seed "${SEED:-0}" \
+    --no-progress --save-dtype bfloat16 ${INIT:+--init "$INIT"}
   echo "trained s$n in $(( $(date +%s) - start )) s"
   python3 "$here/benchmarks/acceptance.py" --target "$target" --num-stages "$n" --head "$out/s$n" \
     --prompts "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" \
