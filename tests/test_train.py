@@ -256,6 +256,35 @@ def test_end_of_turn_ids(tok):
 
 # ---- data -------------------------------------------------------------------------------
 
+def _ex(prompt, answer=0):
+    msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"a{answer}"}]
+    return data_mod.Example([1, 2, answer], [0, 1, 1], data_mod.conversation_key(msgs))
+
+
+def test_held_out_split_goes_by_prompt():
+    prompts = [f"Question number {i}?" for i in range(2000)]
+    # three answers per prompt, as with one greedy and two sampled passes
+    examples = [_ex(p, k) for k in range(3) for p in prompts]
+    train, held = data_mod.split_held_out(examples, 0.1)
+    assert len(train) + len(held) == len(examples)
+    held_keys = {e.key for e in held}
+    assert not held_keys & {e.key for e in train}, "a prompt on both sides"
+    assert len(held) == 3 * len(held_keys)
+    assert 0.08 < len(held_keys) / len(prompts) < 0.12
+    # whitespace and case do not move a prompt; more data does not move the old prompts
+    assert data_mod.conversation_key([{"role": "user", "content": "  QUESTION number 7? "}]) == examples[7].key
+    more = examples[: len(prompts)] + [_ex(f"another prompt {i}") for i in range(500)]
+    _, held_more = data_mod.split_held_out(more, 0.1)
+    assert {e.key for e in held_more} & {e.key for e in examples} == held_keys
+    # nothing held out at 0; at least one prompt on each side otherwise
+    assert data_mod.split_held_out(examples, 0.0) == (examples, [])
+    two = [_ex("x"), _ex("y")]
+    for frac in (1e-9, 0.5, 1.0):
+        train, held = data_mod.split_held_out(two, frac)
+        assert len(train) == 1 and len(held) == 1
+    assert data_mod.split_held_out([_ex("x")], 0.5) == ([_ex("x")], [])
+
+
 def test_record_formats(tmp_path):
     recs = [
         {"messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": "count"},

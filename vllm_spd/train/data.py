@@ -20,9 +20,11 @@ training data matches what the target actually says, unlike dataset text).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -143,6 +145,43 @@ def read_prompts(path: str) -> list[list[str] | list[dict]]:
 class Example:
     input_ids: list[int]
     loss_mask: list[int]   # 1 on assistant tokens (content + end-of-turn)
+    key: str = ""          # prompt_key of the first user turn: what the held-out split goes by
+
+
+_WS = re.compile(r"\s+")
+
+
+def prompt_key(text: str) -> str:
+    """What two prompts must differ in to count as distinct."""
+    return _WS.sub(" ", text).strip().lower()
+
+
+def conversation_key(messages: list[dict]) -> str:
+    """``prompt_key`` of the first user turn (of the first message when there is none)."""
+    first = next((m for m in messages if m.get("role") == "user"), messages[0] if messages else None)
+    return prompt_key(str(first.get("content") or "")) if first else ""
+
+
+def _unit_hash(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+
+def split_held_out(examples: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """``(train, held_out)``, by a hash of each example's prompt: every conversation that
+    shares a prompt falls on the same side, and a prompt's side depends on nothing else,
+    so runs on more data, or with another seed, or started from another head (``--init``)
+    hold out the same prompts. At least one prompt on each side when ``fraction > 0``
+    and there are two or more prompts; with one prompt, nothing is held out."""
+    u = {e.key: _unit_hash(e.key) for e in examples}
+    if fraction <= 0 or len(u) < 2:
+        return list(examples), []
+    held = {k for k, v in u.items() if v < fraction}
+    if not held:
+        held = {min(u, key=u.get)}
+    elif len(held) == len(u):
+        held.discard(max(u, key=u.get))
+    train = [e for e in examples if e.key not in held]
+    return train, [e for e in examples if e.key in held]
 
 
 def _assistant_spans(text: str, messages: list[dict]) -> list[tuple[int, int]]:
@@ -225,6 +264,7 @@ def tokenize_all(tokenizer, conversations: list[list[dict]], eot_ids: Iterable[i
     out = []
     for msgs in conversations:
         ex = tokenize_conversation(tokenizer, msgs, eot, max_length, template_kwargs)
+        ex.key = conversation_key(msgs)
         if sum(ex.loss_mask[1:]) >= min_trained:
             out.append(ex)
     return out

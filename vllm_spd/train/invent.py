@@ -22,12 +22,12 @@ import argparse
 import json
 import logging
 import os
-import re
+
+from vllm_spd.train.data import prompt_key
 
 logger = logging.getLogger("vllm_spd.train")
 
 _PROBE = "SPDQUERYPROBEXQZ"
-_WS = re.compile(r"\s+")
 
 
 def query_prefix(tokenizer, template_kwargs: dict | None = None) -> str:
@@ -53,11 +53,6 @@ def clean_prompt(text: str, markers=(), min_chars: int = 12, max_chars: int = 15
     if any(m and m in text for m in markers):
         return None
     return text
-
-
-def prompt_key(text: str) -> str:
-    """What two prompts must differ in to count as distinct."""
-    return _WS.sub(" ", text).strip().lower()
 
 
 def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: float = 0.95,

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat-template-kwargs", type=json.loads, default={},
                    help='JSON passed to the chat template, e.g. \'{"enable_thinking": false}\'')
     g.add_argument("--max-length", type=int, default=2048, help="tokens per conversation (longer are cut)")
-    g.add_argument("--eval-fraction", type=float, default=0.02)
+    g.add_argument("--eval-fraction", type=float, default=0.02,
+                   help="share of the prompts held out (chosen by a hash of the prompt, the same in every run)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--out", required=True, help="output head directory")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
@@ -228,12 +229,7 @@ class Trainer:
         examples = data_mod.tokenize_all(self.tokenizer, convs, self.eot_ids, a.max_length, a.chat_template_kwargs)
         if not examples:
             raise SystemExit("no usable conversation (none with assistant tokens) in the data")
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(a.seed)).tolist()
-        n_eval = int(round(len(examples) * a.eval_fraction)) if a.eval_fraction > 0 else 0
-        if a.eval_fraction > 0 and len(examples) > 1:
-            n_eval = min(max(n_eval, 1), len(examples) - 1)
-        self.eval_set = [examples[i] for i in order[:n_eval]]
-        self.train_set = [examples[i] for i in order[n_eval:]]
+        self.train_set, self.eval_set = data_mod.split_held_out(examples, a.eval_fraction)
         logger.info("%d training / %d eval conversations", len(self.train_set), len(self.eval_set))
 
     def target_eos(self) -> list[int]:
@@ -414,7 +410,7 @@ class Trainer:
             "fill": {"full_prob": a.full_fill_prob, "partial": "uniform [1, n-1]"},
             "mask": "deepest-prefix + staircase, partial-fill cut-off delta >= fill - depth",
             "sample_type_depths": a.sample_type_depths, "draft_vocab": self.vocab_info,
-            "init": self.init_info,
+            "init": self.init_info, "held_out": "prompts whose sha256 falls below --eval-fraction",
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return checkpoint.HeadConfig(
