@@ -607,9 +607,11 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
 
     # --init: a new run starts from out_a's weights and draft vocabulary.
     out_c = tmp_path / "c"
-    third = _train(common[:11] + ["4"] + common[12:] + ["--out", str(out_c), "--init", str(out_a),
-                                                        "--draft-vocab-size", "32"])
-    assert third["step"] == 4 and third["draft_vocab_size"] == 64
+    init_args = common[:11] + ["4"] + common[12:] + ["--out", str(out_c)]
+    third = _train(init_args + ["--init", str(out_a), "--draft-vocab-size", "32", "--stop-after", "2"])
+    assert third["step"] == 2 and third["draft_vocab_size"] == 64
+    third = _train(init_args + ["--draft-vocab-size", "32", "--resume"])  # an --init run resumes
+    assert third["step"] == 4 and third["finished"]
     history_c = [json.loads(x) for x in (out_c / "train_log.jsonl").read_text().splitlines()]
     start = next(h for h in history_c if "eval_loss" in h)
     assert start["step"] == 0

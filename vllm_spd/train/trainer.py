@@ -348,8 +348,7 @@ class Trainer:
                 "stage_layers": [e - s for s, e in self.layout.ranges], "anchors": list(self.layout.anchors),
                 "draft_layers": a.draft_layers, "draft_vocab_size": a.draft_vocab_size,
                 "data": self.files, "batch_size": a.batch_size, "max_length": a.max_length,
-                "seed": a.seed, "eval_fraction": a.eval_fraction,
-                "init": os.path.abspath(a.init) if a.init else None}
+                "seed": a.seed, "eval_fraction": a.eval_fraction}
 
     # -- one micro-batch ------------------------------------------------------------------
     def batch_loss(self, examples, fill: int, rep_depths: dict[int, int]):
