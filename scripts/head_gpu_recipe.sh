@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The staged recipe behind the best measured n=4 head for SmolLM2-135M-Instruct (README,
-# "Heads trained on one H200"), as one command; about an hour on one H200:
+# "Heads trained on one H200"), as one command; about 70 minutes on one H200 (the sum of
+# the stages' measured times; not run on a GPU as one script):
 #   bash scripts/head_gpu_recipe.sh OUT_DIR TARGET_DIR PROMPTS_DIR
 # PROMPTS_DIR holds mt_bench_questions.jsonl and humaneval_questions.jsonl (evaluation
 # only; they are also kept out of the invented prompts). Stages, each skipped when its
