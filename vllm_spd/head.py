@@ -91,7 +91,7 @@ def init_head(target_dir: str, num_stages: int, out_dir: str, num_draft_layers: 
     cfg = checkpoint.HeadConfig(
         target_architecture=(target.architectures or ["?"])[0], target_model_type=target.model_type,
         hidden_size=H, vocab_size=V, num_hidden_layers=L, num_stages=num_stages,
-        stage_layers=[e - s for s, e in lay.ranges], anchors=list(lay.anchors),
+        stage_layers=lay.stage_layers, anchors=list(lay.anchors),
         num_draft_layers=num_draft_layers, draft_vocab_size=len(ids),
         layer_overrides=dict(layer_overrides or {}), trained=False,
         provenance={"init": "random", "seed": seed, "target": os.path.abspath(target_dir)},

@@ -74,7 +74,7 @@ def convert_v11(blob: dict, target_config, draft_token_ids: list[int] | None = N
     head_cfg = checkpoint.HeadConfig(
         target_architecture=(target_config.architectures or ["?"])[0], target_model_type=target_config.model_type,
         hidden_size=H, vocab_size=V, num_hidden_layers=L, num_stages=n,
-        stage_layers=[e - s for s, e in lay.ranges], anchors=anchors,
+        stage_layers=lay.stage_layers, anchors=anchors,
         num_draft_layers=int(cfg.get("num_spec_layers", 0)), draft_vocab_size=len(ids),
         layer_overrides=overrides, trained=True,
         provenance={"imported_from": "reference v11", "base_model_path": cfg.get("base_model_path"),

@@ -107,8 +107,8 @@ class StageLayout:
     """Stages, anchors and the depth->aggregation-type map of one deployment.
 
     >>> lay = StageLayout.build(num_layers=8, num_stages=2, anchors=[0, 4, 7])
-    >>> lay.ranges, lay.depth_to_type
-    (((0, 4), (4, 8)), (0, 1, 2))
+    >>> lay.ranges, lay.stage_layers, lay.depth_to_type
+    (((0, 4), (4, 8)), [4, 4], (0, 1, 2))
     """
 
     num_layers: int
@@ -131,6 +131,11 @@ class StageLayout:
     @property
     def num_stages(self) -> int:
         return len(self.ranges)
+
+    @property
+    def stage_layers(self) -> list[int]:
+        """Layers per stage."""
+        return [end - start for start, end in self.ranges]
 
     @property
     def num_types(self) -> int:

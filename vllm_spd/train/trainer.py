@@ -317,7 +317,7 @@ class Trainer:
         try:
             cfg = checkpoint.read_config(a.init)
             checkpoint.check_fits_target(cfg, a.init, self.target.config, self.layout.num_stages,
-                                         [e - s for s, e in self.layout.ranges])
+                                         self.layout.stage_layers)
             tensors = checkpoint.load_tensors(a.init)
             checkpoint.check_tensors(cfg, tensors, a.init)
         except checkpoint.HeadError as e:
@@ -345,7 +345,7 @@ class Trainer:
     def config_key(self) -> dict:
         a = self.args
         return {"target_layers": self.layout.num_layers, "num_stages": self.layout.num_stages,
-                "stage_layers": [e - s for s, e in self.layout.ranges], "anchors": list(self.layout.anchors),
+                "stage_layers": self.layout.stage_layers, "anchors": list(self.layout.anchors),
                 "draft_layers": a.draft_layers, "draft_vocab_size": a.draft_vocab_size,
                 "data": self.files, "batch_size": a.batch_size, "max_length": a.max_length,
                 "seed": a.seed, "eval_fraction": a.eval_fraction}
@@ -415,7 +415,7 @@ class Trainer:
         return checkpoint.HeadConfig(
             target_architecture=(cfg.architectures or ["?"])[0], target_model_type=cfg.model_type,
             hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, num_hidden_layers=cfg.num_hidden_layers,
-            num_stages=self.layout.num_stages, stage_layers=[e - s for s, e in self.layout.ranges],
+            num_stages=self.layout.num_stages, stage_layers=self.layout.stage_layers,
             anchors=list(self.layout.anchors), num_draft_layers=a.draft_layers,
             draft_vocab_size=int(self.draft_ids.numel()), layer_overrides={}, trained=True, provenance=prov)
 
