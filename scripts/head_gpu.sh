@@ -30,8 +30,7 @@ answer() {  # answer FILE SEED TEMPERATURE [PROMPTS]
   local start; start=$(date +%s)
   python3 -m vllm_spd.train.data --target "$target" --prompts "$data/${4:-prompts.jsonl}" \
     --max-tokens "${GEN_TOKENS:-384}" --dtype float32 --seed "$2" --temperature "$3" --top-p 0.95 \
-    --out "$data/$1.tmp"
-  mv "$data/$1.tmp" "$data/$1"
+    --out "$data/$1"
   echo "$1: $(wc -l < "$data/$1") answers (T=$3) in $(( $(date +%s) - start )) s"
 }
 answer generated.jsonl 0 0

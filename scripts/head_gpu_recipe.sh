@@ -35,18 +35,13 @@ stage a "${STEPS_A:-5000}" 1e-3 0 0.03 0   # also builds stage 1's data
 
 exclude=("$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" "$data/invented.jsonl")
 for k in 1 2; do
-  if [ ! -s "$data/invented_more$k.jsonl" ]; then
-    python3 -m vllm_spd.train.invent --target "$target" --num "$more" --dtype float32 --seed "${k}00000" \
-      --exclude "${exclude[@]}" --out "$data/invented_more$k.jsonl.tmp"
-    mv "$data/invented_more$k.jsonl.tmp" "$data/invented_more$k.jsonl"
-  fi
+  # both CLIs write their file only once it is complete, so one that exists is done
+  [ -s "$data/invented_more$k.jsonl" ] || python3 -m vllm_spd.train.invent --target "$target" --num "$more" \
+    --dtype float32 --seed "${k}00000" --exclude "${exclude[@]}" --out "$data/invented_more$k.jsonl"
   exclude+=("$data/invented_more$k.jsonl")
-  if [ ! -s "$data/generated_inv_more$k.jsonl" ]; then
-    python3 -m vllm_spd.train.data --target "$target" --prompts "$data/invented_more$k.jsonl" \
-      --max-tokens "${GEN_TOKENS:-384}" --dtype float32 --seed 0 --temperature 0 \
-      --out "$data/generated_inv_more$k.jsonl.tmp"
-    mv "$data/generated_inv_more$k.jsonl.tmp" "$data/generated_inv_more$k.jsonl"
-  fi
+  [ -s "$data/generated_inv_more$k.jsonl" ] || python3 -m vllm_spd.train.data --target "$target" \
+    --prompts "$data/invented_more$k.jsonl" --max-tokens "${GEN_TOKENS:-384}" --dtype float32 --seed 0 \
+    --temperature 0 --out "$data/generated_inv_more$k.jsonl"
 done
 
 stage b "${STEPS_B:-3500}" 7e-4 1 0.02 0 "$out/a/s4"

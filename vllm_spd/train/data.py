@@ -354,13 +354,19 @@ def release_vllm() -> None:
         pass
 
 
-def write_jsonl(path: str, conversations: list[list[dict]], meta: dict | None = None) -> None:
+def write_records(path: str, records: Iterable[dict]) -> None:
+    """One JSON record per line; the file appears only once it is complete (written
+    beside it, then renamed), so a file that exists is never a partial one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for msgs in conversations:
-            f.write(json.dumps({"messages": msgs, **(meta or {})}, ensure_ascii=False) + "\n")
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str, conversations: list[list[dict]], meta: dict | None = None) -> None:
+    write_records(path, ({"messages": msgs, **(meta or {})} for msgs in conversations))
 
 
 def main(argv: list[str] | None = None) -> None:

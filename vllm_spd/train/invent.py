@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-from vllm_spd.train.data import prompt_key
+from vllm_spd.train.data import prompt_key, write_records
 
 logger = logging.getLogger("vllm_spd.train")
 
@@ -152,13 +152,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from vllm_spd.train.prompts import write_prompts
 
     prompts = invent_prompts(a.target, a.num, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens,
                              seed=a.seed, template_kwargs=a.chat_template_kwargs,
                              exclude=excluded_texts(a.exclude), dtype=a.dtype,
                              gpu_memory_utilization=a.gpu_memory_utilization)
-    write_prompts(a.out, prompts)
+    write_records(a.out, prompts)
     print(json.dumps({"out": os.path.abspath(a.out), "prompts": len(prompts)}))
 
 

@@ -26,6 +26,8 @@ import os
 import random
 from collections.abc import Callable, Iterator
 
+from vllm_spd.train.data import write_records
+
 # ---- topics --------------------------------------------------------------------------
 
 CONCEPTS = [
@@ -567,14 +569,6 @@ def build_prompts(num: int = 3000, seed: int = 0) -> list[dict]:
     return [{"turns": [t], "category": c} for c, t in out]
 
 
-def write_prompts(path: str, prompts: list[dict]) -> None:
-    """One prompt record per JSONL line (``vllm_spd.train.data.read_prompts`` reads them)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in prompts:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vllm_spd.train.prompts", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -583,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     prompts = build_prompts(a.num, a.seed)
-    write_prompts(a.out, prompts)
+    write_records(a.out, prompts)
     counts: dict[str, int] = {}
     for rec in prompts:
         counts[rec["category"]] = counts.get(rec["category"], 0) + 1

@@ -30,7 +30,6 @@ from vllm_spd import checkpoint, layout as layout_mod
 from vllm_spd.train import data as data_mod
 from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
-from vllm_spd.train import prompts as prompts_mod
 from vllm_spd.train import vocab as vocab_mod
 from vllm_spd.train.loss import distill_loss
 from vllm_spd.train.model import DraftModule
@@ -201,7 +200,7 @@ class Trainer:
                     invented = invent_mod.invent_prompts(a.target, a.invent, llm=llm, tokenizer=self.tokenizer,
                                                          seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
                                                          exclude=invent_mod.excluded_texts(a.invent_exclude))
-                    prompts_mod.write_prompts(os.path.join(self.out, INVENTED_FILE), invented)
+                    data_mod.write_records(os.path.join(self.out, INVENTED_FILE), invented)
                     prompts += [rec["turns"] for rec in invented]
                 logger.info("answering %d prompts with the target", len(prompts))
                 convs = data_mod.generate_conversations(
