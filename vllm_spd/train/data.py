@@ -172,7 +172,7 @@ def split_held_out(examples: Sequence[Example], fraction: float) -> tuple[list[E
     so runs on more data, or with another seed, or started from another head (``--init``)
     hold out the same prompts. At least one prompt on each side when ``fraction > 0``
     and there are two or more prompts; with one prompt, nothing is held out."""
-    u = {e.key: _unit_hash(e.key) for e in examples}
+    u = {k: _unit_hash(k) for k in {e.key for e in examples}}  # once per prompt, not per answer
     if fraction <= 0 or len(u) < 2:
         return list(examples), []
     held = {k for k, v in u.items() if v < fraction}
