@@ -166,3 +166,54 @@ def test_trainer_invents_then_answers_with_one_engine(tmp_path, monkeypatch):
     assert [c[0]["content"] for c in convs] == ["What is a stack?"] + invented
     assert all(c[1]["content"].startswith("answer to ") for c in convs)
     assert trainer.generated["invented"] == 4
+
+
+def test_invent_with_openers():
+    """Each request starts its message with the opener its seed draws; the prompt is the
+    opener plus the continuation, tagged with the opener's category; a continuation
+    with nothing in it is dropped."""
+    from vllm_spd.train import openers
+
+    tok = _tokenizer()
+    pool = [("math", "count n1"), ("code", "please n2"), ("writing", "then")]
+
+    class Echo(StubLLM):
+        def generate(self, prompts, params, use_tqdm=False):
+            self.prompts += [p["prompt_token_ids"] for p in prompts]
+            self.seeds += [sp.seed for sp in params]
+            return [_Out(" " if sp.seed % 4 == 0 else f" n{sp.seed % 200} and n{sp.seed // 200}") for sp in params]
+
+    llm = Echo()
+    got = invent.invent_prompts("unused", 20, llm=llm, tokenizer=tok, seed=7, openers=pool)
+    prefix = tok.encode(f"{IM_START}user\n", add_special_tokens=False)
+    by_seed = dict(zip(llm.seeds, llm.prompts))
+    for rec in got:
+        text = rec["turns"][0]
+        seed = int(text.split(" and ")[0].split(" n")[-1]) + 200 * int(text.rsplit("n", 1)[1])
+        cat, op = openers.draw(pool, seed)
+        assert text == f"{op} n{seed % 200} and n{seed // 200}" and rec["category"] == f"invented/{cat}"
+        assert by_seed[seed] == prefix + tok.encode(op, add_special_tokens=False)
+    assert len(got) == 20 and any(s % 4 == 0 for s in llm.seeds)       # some empty continuations were met
+    assert all(not t["turns"][0].endswith(tuple(op for _, op in pool)) for t in got)
+    assert len({rec["category"] for rec in got}) == 3
+    assert invent.invent_prompts("unused", 20, llm=Echo(), tokenizer=tok, seed=7, openers=pool) == got
+
+
+def test_openers_builtin_and_file(tmp_path):
+    from vllm_spd.train import openers
+
+    pool = openers.builtin()
+    assert {c for c, _ in pool} == set(openers.BUILTIN) and len(pool) > 100
+    assert all(op == op.rstrip(" ") and op for _, op in pool)
+    assert len({op for _, op in pool}) == len(pool)
+    draws = [openers.draw(pool, s)[0] for s in range(2000)]
+    assert set(draws) == set(openers.BUILTIN)            # every category is drawn
+    assert openers.resolve("none") is None and openers.resolve(None) is None
+    assert openers.resolve("builtin") == pool
+    f = tmp_path / "openers.txt"
+    f.write_text("# mine\n\ncode\tComplete this:\\n\\ndef \nWrite a haiku about\n")
+    assert openers.resolve(str(f)) == [("code", "Complete this:\n\ndef"), ("file", "Write a haiku about")]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no openers"):
+        openers.read_openers(str(empty))

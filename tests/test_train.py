@@ -160,6 +160,59 @@ def test_attention_bias_padding():
     assert torch.equal(a_left[sel][:, sel], short)
 
 
+@pytest.mark.parametrize("layers,stages,anchors", [(8, 2, None), (8, 4, None), (8, 3, [0, 3, 5, 6, 8])])
+def test_block_mask_equals_attention_bias(layers, stages, anchors):
+    """FlexAttention's mask (evaluated densely) is exactly the dense bias's visibility,
+    for every fill, with right padding, and with sampled representative depths."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from vllm_spd.train import attention as attn_mod
+
+    lay = StageLayout.build(layers, stages, anchors)
+    blocks, S = mask_mod.used_types(lay), 9
+    valid = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7], dtype=torch.bool)
+    rng = random.Random(3)
+    for fill in range(1, stages + 1):
+        for rep in (None, mask_mod.representative_depths(lay, rng)):
+            struct = mask_mod.structural_mask(lay, S, fill, blocks, rep)
+            want = mask_mod.attention_bias(struct, valid, len(blocks))[:, 0] == 0
+            required = mask_mod.required_types(lay, S, fill, blocks, rep)
+            R = len(blocks) * S
+            got = create_mask(attn_mod.mask_mod(required, blocks, valid), valid.shape[0], 1, R, R, device="cpu")
+            assert torch.equal(got[:, 0], want), (fill, rep)
+
+
+def test_flex_attention_forward_equals_sdpa(target):
+    """The draft module's training forward gives the same logits with the block mask
+    (FlexAttention) as with the dense additive bias (SDPA), padding included."""
+    from vllm_spd.train import attention as attn_mod
+
+    lay = StageLayout.build(4, 2, None)
+    mod, _ = _draft(target, lay, layers=2)
+    blocks = mask_mod.used_types(lay)
+    S, H = attn_mod.padded_length(50), target.config.hidden_size
+    torch.manual_seed(4)
+    feats = [torch.randn(2, S, H) for _ in lay.anchors]
+    valid = torch.zeros(2, S, dtype=torch.bool)
+    valid[0, :50] = True
+    valid[1, :31] = True
+    pos = mask_mod.position_ids(valid)
+    for fill in (1, 2):
+        struct = mask_mod.structural_mask(lay, S, fill, blocks)
+        bias = mask_mod.attention_bias(struct, valid, len(blocks))
+        bm = attn_mod.block_mask(mask_mod.required_types(lay, S, fill, blocks), blocks, valid)
+        with torch.no_grad():
+            dense = mod(feats, pos, bias, blocks)
+            flex = mod(feats, pos, bm, blocks)
+        torch.testing.assert_close(flex[valid], dense[valid], atol=2e-5, rtol=1e-4)
+    assert attn_mod.padded_length(1) == attn_mod.padded_length(128) == 128
+    assert attn_mod.resolve("auto", torch.device("cpu")) == "sdpa"
+    with pytest.raises(ValueError, match="auto, flex or sdpa"):
+        attn_mod.resolve("dense", torch.device("cpu"))
+    with pytest.raises(ValueError, match="CUDA only"):
+        attn_mod.resolve("flex", torch.device("cpu"))
+
+
 def test_representative_depths_and_fill_checks():
     lay = StageLayout.build(32, 8, [0, 8, 16, 24, 31])   # 0,0,1,1,2,2,3,3,4
     assert mask_mod.representative_depths(lay) == {0: 0, 1: 2, 2: 4, 3: 6, 4: 8}

@@ -270,11 +270,13 @@ def tokenize_all(tokenizer, conversations: list[list[dict]], eot_ids: Iterable[i
     return out
 
 
-def collate(examples: Sequence[Example], pad_id: int = 0):
-    """Right-padded ``input_ids``, ``valid`` (attention) and ``loss_mask``, each [B, S]."""
+def collate(examples: Sequence[Example], pad_id: int = 0, round_length=None):
+    """Right-padded ``input_ids``, ``valid`` (attention) and ``loss_mask``, each [B, S];
+    ``round_length(longest)`` gives S when set (e.g. a multiple of a kernel's tile)."""
     import torch
 
     S = max(len(e.input_ids) for e in examples)
+    S = round_length(S) if round_length is not None else S
     B = len(examples)
     ids = torch.full((B, S), pad_id, dtype=torch.long)
     valid = torch.zeros(B, S, dtype=torch.bool)
@@ -369,6 +371,22 @@ def write_jsonl(path: str, conversations: list[list[dict]], meta: dict | None = 
     write_records(path, ({"messages": msgs, **(meta or {})} for msgs in conversations))
 
 
+def add_engine_args(p) -> None:
+    """The vLLM engine options of the generation CLIs (``engine_kwargs`` reads them)."""
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="vLLM's batch limit (default vLLM's); a small target generates faster with more")
+
+
+def engine_kwargs(a) -> dict:
+    out = {"dtype": a.dtype, "gpu_memory_utilization": a.gpu_memory_utilization}
+    if a.max_num_seqs:
+        out["max_num_seqs"] = a.max_num_seqs
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m vllm_spd.train.data --target DIR --prompts FILE --out FILE``: only the
     generation step (the trainer's ``--generate-from`` does the same into OUT)."""
@@ -383,15 +401,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
     p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
+    add_engine_args(p)
     a = p.parse_args(argv)
     convs = generate_conversations(a.target, read_prompts(a.prompts), num=a.num, temperature=a.temperature,
                                    top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed,
-                                   template_kwargs=a.chat_template_kwargs, dtype=a.dtype,
-                                   gpu_memory_utilization=a.gpu_memory_utilization)
+                                   template_kwargs=a.chat_template_kwargs, **engine_kwargs(a))
     write_jsonl(a.out, convs, {"source": "target", "target": os.path.abspath(a.target)})
     print(json.dumps({"out": os.path.abspath(a.out), "conversations": len(convs)}))
 

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 
-from vllm_spd.train.data import prompt_key, write_records
+from vllm_spd.train import openers as openers_mod
+from vllm_spd.train.data import add_engine_args, engine_kwargs, prompt_key, write_records
 
 logger = logging.getLogger("vllm_spd.train")
 
@@ -57,12 +58,16 @@ def clean_prompt(text: str, markers=(), min_chars: int = 12, max_chars: int = 15
 
 def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: float = 0.95,
                    max_tokens: int = 256, seed: int = 0, template_kwargs: dict | None = None,
-                   max_rounds: int = 8, llm=None, tokenizer=None, exclude=(), **llm_kwargs) -> list[dict]:
+                   max_rounds: int = 8, llm=None, tokenizer=None, exclude=(), openers=None,
+                   **llm_kwargs) -> list[dict]:
     """``num`` distinct prompts sampled from the target (see the module docstring).
 
     ``llm``: an existing ``vllm.LLM`` (or anything with the same ``generate``), else one
     is built for ``target`` and released. ``exclude``: texts that must not be returned
-    (e.g. evaluation prompts). Raises when the target gives fewer than ``num``.
+    (e.g. evaluation prompts). ``openers``: ``(category, opener)`` pairs
+    (``vllm_spd.train.openers``); each request then starts its message with one, drawn
+    by its seed, and the prompt is the opener plus what the target wrote after it.
+    Raises when the target gives fewer than ``num``.
     """
     if num <= 0:
         return []
@@ -90,23 +95,26 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
         for rnd in range(max_rounds):
             want = num - len(found)
             batch = max(8, int(want * 1.25) + 1)
+            seeds = [seed + issued + i for i in range(batch)]
             params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                     seed=seed + issued + i, stop_token_ids=stops, skip_special_tokens=True)
-                      for i in range(batch)]
-            outs = llm.generate([{"prompt_token_ids": list(prefix_ids)} for _ in range(batch)], params,
-                                use_tqdm=False)
+                                     seed=s, stop_token_ids=stops, skip_special_tokens=True) for s in seeds]
+            starts = [openers_mod.draw(openers, s) if openers else ("invented", "") for s in seeds]
+            outs = llm.generate([{"prompt_token_ids": list(prefix_ids) + opener_ids(tokenizer, op)}
+                                 for _, op in starts], params, use_tqdm=False)
             issued += batch
             added = 0
-            for out in outs:
+            for (cat, op), out in zip(starts, outs):
                 comp = out.outputs[0]
                 if comp.finish_reason != "stop":     # cut by max_tokens: not a whole message
                     continue
-                text = clean_prompt(comp.text, markers)
+                if op and len(comp.text.strip()) < 3:  # the opener alone is no prompt
+                    continue
+                text = clean_prompt(op + comp.text, markers)
                 key = prompt_key(text) if text is not None else None
                 if key is None or key in seen:
                     continue
                 seen.add(key)
-                found.append(text)
+                found.append((text, cat if cat == "invented" else f"invented/{cat}"))
                 added += 1
                 if len(found) >= num:
                     break
@@ -124,7 +132,11 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
     if len(found) < num:
         raise RuntimeError(f"the target invented only {len(found)} distinct prompts of the {num} asked "
                            f"({issued} samples): ask for fewer, or raise --temperature")
-    return [{"turns": [t], "category": "invented"} for t in found[:num]]
+    return [{"turns": [t], "category": cat} for t, cat in found[:num]]
+
+
+def opener_ids(tokenizer, opener: str) -> list[int]:
+    return tokenizer.encode(opener, add_special_tokens=False) if opener else []
 
 
 def excluded_texts(paths) -> list[str]:
@@ -144,19 +156,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-tokens", type=int, default=256, help="longest prompt, in tokens")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
     p.add_argument("--exclude", nargs="*", default=[],
                    help="prompt files (JSONL) whose prompts must not be written, e.g. evaluation sets")
     p.add_argument("--chat-template-kwargs", type=json.loads, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="vLLM's share of the GPU (lower it to run several engines on one GPU)")
+    p.add_argument("--openers", default="none", metavar="builtin|none|FILE",
+                   help="start every invented message with an opener drawn from this list, to spread the "
+                        "prompts over task kinds (vllm_spd.train.openers; FILE: one opener a line)")
+    add_engine_args(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     prompts = invent_prompts(a.target, a.num, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens,
                              seed=a.seed, template_kwargs=a.chat_template_kwargs,
-                             exclude=excluded_texts(a.exclude), dtype=a.dtype,
-                             gpu_memory_utilization=a.gpu_memory_utilization)
+                             exclude=excluded_texts(a.exclude), openers=openers_mod.resolve(a.openers),
+                             **engine_kwargs(a))
     write_records(a.out, prompts)
     print(json.dumps({"out": os.path.abspath(a.out), "prompts": len(prompts)}))
 

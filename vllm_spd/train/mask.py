@@ -77,21 +77,38 @@ def _check(layout: StageLayout, fill: int, block_types, rep_depths):
     return block_types, rep
 
 
-def structural_mask(layout: StageLayout, seq_len: int, fill: int, block_types=None,
-                    rep_depths=None, device=None) -> torch.Tensor:
-    """Boolean ``[R, R]`` (R = len(block_types) * seq_len), True = may attend."""
+def required_types(layout: StageLayout, seq_len: int, fill: int, block_types=None,
+                   rep_depths=None, device=None) -> torch.Tensor:
+    """``[len(block_types), seq_len]`` long: the key type a query row of block ``b`` may
+    read at distance ``delta = t - T`` (``0 <= delta < seq_len``). The structural mask
+    depends on a row pair only through its blocks and its distance, so this table and
+    the key blocks' types give it whole (``structural_mask``, and the block-sparse
+    mask of ``vllm_spd.train.attention``)."""
     block_types, rep = _check(layout, fill, block_types, rep_depths)
-    n, S = layout.num_stages, seq_len
+    n = layout.num_stages
     dtt = torch.tensor(layout.depth_to_type, device=device)
-    delta = torch.arange(S, device=device)[:, None] - torch.arange(S, device=device)[None, :]
-    causal = delta >= 0
-    key_types = torch.tensor(block_types, device=device)
+    delta = torch.arange(seq_len, device=device)
     rows = []
     for a_q in block_types:
         d = rep[a_q]
         depth = torch.where(delta < fill - d, d + delta, torch.full_like(delta, n)).clamp(0, n)
-        required = dtt[depth]                                   # [S(t), S(T)]
-        row = causal[:, None, :] & (key_types[None, :, None] == required[:, None, :])
+        rows.append(dtt[depth])
+    return torch.stack(rows)
+
+
+def structural_mask(layout: StageLayout, seq_len: int, fill: int, block_types=None,
+                    rep_depths=None, device=None) -> torch.Tensor:
+    """Boolean ``[R, R]`` (R = len(block_types) * seq_len), True = may attend."""
+    block_types, rep = _check(layout, fill, block_types, rep_depths)
+    S = seq_len
+    required = required_types(layout, S, fill, block_types, rep, device)   # [blocks, S(delta)]
+    delta = torch.arange(S, device=device)[:, None] - torch.arange(S, device=device)[None, :]
+    causal = delta >= 0
+    key_types = torch.tensor(block_types, device=device)
+    rows = []
+    for b in range(len(block_types)):
+        req = required[b][delta.clamp(min=0)]                           # [S(t), S(T)]
+        row = causal[:, None, :] & (key_types[None, :, None] == req[:, None, :])
         rows.append(row.reshape(S, len(block_types) * S))
     return torch.cat(rows, 0)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from vllm_spd.head import family_class, tower_config, tower_layer_class
 from vllm_spd.layout import StageLayout
+from vllm_spd.train.attention import ATTENTION
 
 
 def rotary_class(target_config):
@@ -47,8 +48,9 @@ class DraftModule(nn.Module):
         for proj in self.aggr_projs:
             nn.init.normal_(proj.weight, std=init_std)
         tcfg = tower_config(target_config, layer_overrides)
-        # The training layout needs an explicit 4D mask: SDPA takes an additive one.
-        tcfg._attn_implementation = "sdpa"
+        # The training layout needs an explicit mask: an additive 4D one goes to SDPA,
+        # a FlexAttention BlockMask to FlexAttention (vllm_spd.train.attention).
+        tcfg._attn_implementation = ATTENTION
         layer_cls = tower_layer_class(target_config)
         self.layers = nn.ModuleList(layer_cls(tcfg, layer_idx=j) for j in range(num_draft_layers))
         self.lm_head = nn.Linear(H, draft_vocab_size, bias=False)
@@ -84,7 +86,7 @@ class DraftModule(nn.Module):
     def run_layers(self, rows: torch.Tensor, position_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The tower over ``rows`` [B, R, H] at ``position_ids`` [B, R] with an additive
-        ``[B, 1, R, R]`` mask."""
+        ``[B, 1, R, R]`` mask or a FlexAttention ``BlockMask``."""
         pos_emb = self.rotary_emb(rows, position_ids)
         h = rows
         for layer in self.layers:

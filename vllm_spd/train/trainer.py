@@ -27,9 +27,11 @@ import time
 import torch
 
 from vllm_spd import checkpoint, layout as layout_mod
+from vllm_spd.train import attention as attention_mod
 from vllm_spd.train import data as data_mod
 from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
+from vllm_spd.train import openers as openers_mod
 from vllm_spd.train import vocab as vocab_mod
 from vllm_spd.train.loss import distill_loss
 from vllm_spd.train.model import DraftModule
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-generate", type=int, default=None, help="answer only the first N prompts")
     g.add_argument("--invent", type=int, default=0, metavar="N",
                    help="also answer N prompts the target invents (vllm_spd.train.invent)")
+    g.add_argument("--invent-openers", default="none", metavar="builtin|none|FILE",
+                   help="openers that start the invented prompts (vllm_spd.train.openers)")
     g.add_argument("--invent-exclude", nargs="*", default=[], metavar="FILE",
                    help="prompt files whose prompts must not be invented (e.g. evaluation sets)")
     g.add_argument("--gen-temperature", type=float, default=0.0, help="0 = greedy")
@@ -101,8 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule), e.g. to go on training a head on more data")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    g.add_argument("--attention", choices=["auto", "flex", "sdpa"], default="auto",
+                   help="the draft module's training attention: block-sparse FlexAttention or SDPA with a dense "
+                        "bias (auto: flex on CUDA, sdpa elsewhere; same result)")
+    g.add_argument("--teacher-dtype", choices=["auto", *_DTYPES], default="auto",
+                   help="dtype of the frozen target's forward (anchors and teacher logits); auto: float32, "
+                        "the precision heads are evaluated in, with TF32 matmuls on CUDA")
     g.add_argument("--dtype", choices=["auto", *_DTYPES], default="auto",
-                   help="target/compute dtype (auto: bfloat16 on cuda, float32 on cpu); head master weights are fp32")
+                   help="the draft module's compute dtype, by autocast (auto: bfloat16 on cuda, float32 on cpu); "
+                        "its master weights are fp32")
     g.add_argument("--save-dtype", choices=list(_DTYPES), default="float32", help="dtype of model.safetensors")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
@@ -165,6 +176,11 @@ class Trainer:
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.dtype = _DTYPES[args.dtype]
+        self.teacher_dtype = torch.float32 if args.teacher_dtype == "auto" else _DTYPES[args.teacher_dtype]
+        if self.teacher_dtype == torch.float32 and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.attention = attention_mod.resolve(args.attention, self.device)
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
         self.state_path = os.path.join(self.out, STATE_FILE)
@@ -194,12 +210,13 @@ class Trainer:
 
             prompts = data_mod.read_prompts(a.generate_from) if a.generate_from else []
             prompts = prompts[: a.num_generate] if a.num_generate else prompts
-            llm = LLM(model=a.target, seed=a.seed, dtype="float32" if self.dtype == torch.float32 else "auto")
+            llm = LLM(model=a.target, seed=a.seed, dtype="float32" if self.teacher_dtype == torch.float32 else "auto")
             try:
                 if a.invent:
                     invented = invent_mod.invent_prompts(a.target, a.invent, llm=llm, tokenizer=self.tokenizer,
                                                          seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
-                                                         exclude=invent_mod.excluded_texts(a.invent_exclude))
+                                                         exclude=invent_mod.excluded_texts(a.invent_exclude),
+                                                         openers=openers_mod.resolve(a.invent_openers))
                     data_mod.write_records(os.path.join(self.out, INVENTED_FILE), invented)
                     prompts += [rec["turns"] for rec in invented]
                 logger.info("answering %d prompts with the target", len(prompts))
@@ -212,7 +229,7 @@ class Trainer:
                 data_mod.release_vllm()
             data_mod.write_jsonl(path, convs, {"source": "target", "target": os.path.abspath(a.target)})
         self.generated = {"prompts": os.path.abspath(a.generate_from) if a.generate_from else None,
-                          "num": a.num_generate, "invented": a.invent,
+                          "num": a.num_generate, "invented": a.invent, "invent_openers": a.invent_openers,
                           "temperature": a.gen_temperature, "top_p": a.gen_top_p,
                           "max_tokens": a.gen_max_tokens, "file": os.path.abspath(path)}
         return path
@@ -256,7 +273,7 @@ class Trainer:
         cfg = AutoConfig.from_pretrained(a.target)
         self.layout = layout_mod.StageLayout.build(cfg.num_hidden_layers, a.num_stages, a.anchors, a.stage_layers)
         generated = self.generate_data()
-        self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.dtype).to(self.device).eval()
+        self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.teacher_dtype).to(self.device).eval()
         self.target.requires_grad_(False)
         self.prepare_data(generated)
 
@@ -352,17 +369,24 @@ class Trainer:
     # -- one micro-batch ------------------------------------------------------------------
     def batch_loss(self, examples, fill: int, rep_depths: dict[int, int]):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, valid, lmask = data_mod.collate(examples, pad)
+        ids, valid, lmask = data_mod.collate(
+            examples, pad, attention_mod.padded_length if self.attention == "flex" else None)
         ids, valid, lmask = ids.to(self.device), valid.to(self.device), lmask.to(self.device)
         feats, t_logits, t_argmax = teacher_forward(self.target, ids, valid, self.layout.anchors, self.d_ids)
         S = ids.shape[1]
-        struct = mask_mod.structural_mask(self.layout, S, fill, self.block_types, rep_depths, device=self.device)
         autocast = self.dtype != torch.float32
-        bias = mask_mod.attention_bias(struct, valid, len(self.block_types),
-                                       dtype=self.dtype if autocast else torch.float32)
+        if self.attention == "flex":
+            required = mask_mod.required_types(self.layout, S, fill, self.block_types, rep_depths,
+                                               device=self.device)
+            attn = attention_mod.block_mask(required, self.block_types, valid)
+        else:
+            struct = mask_mod.structural_mask(self.layout, S, fill, self.block_types, rep_depths,
+                                              device=self.device)
+            attn = mask_mod.attention_bias(struct, valid, len(self.block_types),
+                                           dtype=self.dtype if autocast else torch.float32)
         pos = mask_mod.position_ids(valid)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            logits = self.model(feats, pos, bias, self.block_types, self.decode_type)
+            logits = self.model(feats, pos, attn, self.block_types, self.decode_type)
         return distill_loss(logits, t_logits, t_argmax, lmask & valid, self.t2d, self.args.temperature)
 
     def batch_for_step(self, step: int):
