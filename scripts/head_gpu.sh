@@ -13,6 +13,10 @@
 #   SAMPLED (0): extra answer passes sampled at GEN_TEMP (0.8), top-p 0.95, seeds 1..SAMPLED;
 #   INVENTED (0): prompts the target invents (vllm_spd.train.invent, evaluation prompts
 #     excluded), answered greedily as well;
+#   STEERED (0): prompts the target invents after a built-in opener (--openers builtin,
+#     seed 300000), answered greedily as well;
+#   GEN_ENGINE ("--gpu-memory-utilization 0.9"): vLLM options of the generation CLIs, e.g.
+#     "--gpu-memory-utilization 0.1 --max-num-seqs 512" for several engines on one GPU;
 #   STEPS (3000), BATCH (32), LR (1e-3), DRAFT_LAYERS (1), VOCAB (8192, the draft vocabulary);
 #   INIT: a head directory to start from (the trainer's --init; VOCAB is then the head's);
 #   SEED (0), EVAL_FRACTION (0.03), EVAL_EVERY (250): the trainer's --seed, --eval-fraction,
@@ -30,16 +34,22 @@ answer() {  # answer FILE SEED TEMPERATURE [PROMPTS]
   local start; start=$(date +%s)
   python3 -m vllm_spd.train.data --target "$target" --prompts "$data/${4:-prompts.jsonl}" \
     --max-tokens "${GEN_TOKENS:-384}" --dtype float32 --seed "$2" --temperature "$3" --top-p 0.95 \
-    --out "$data/$1"
+    ${GEN_ENGINE:-} --out "$data/$1"
   echo "$1: $(wc -l < "$data/$1") answers (T=$3) in $(( $(date +%s) - start )) s"
 }
 answer generated.jsonl 0 0
 for k in $(seq 1 "${SAMPLED:-0}"); do answer "generated_t$k.jsonl" "$k" "${GEN_TEMP:-0.8}"; done
 if [ "${INVENTED:-0}" -gt 0 ]; then
   [ -s "$data/invented.jsonl" ] || python3 -m vllm_spd.train.invent --target "$target" --num "$INVENTED" \
-    --dtype float32 --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" \
+    --dtype float32 ${GEN_ENGINE:-} --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" \
     --out "$data/invented.jsonl"
   answer generated_inv.jsonl 0 0 invented.jsonl
+fi
+if [ "${STEERED:-0}" -gt 0 ]; then
+  [ -s "$data/steered.jsonl" ] || python3 -m vllm_spd.train.invent --target "$target" --num "$STEERED" \
+    --dtype float32 --seed 300000 --openers builtin ${GEN_ENGINE:-} \
+    --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" --out "$data/steered.jsonl"
+  answer generated_steered.jsonl 0 0 steered.jsonl
 fi
 files=$(ls "$data"/generated*.jsonl)
 for n in $stages; do

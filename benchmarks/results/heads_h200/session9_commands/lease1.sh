@@ -5,8 +5,9 @@
 #   2. data: the 3863 template prompts answered greedily and twice sampled (T=0.8), 20000
 #      prompts SmolLM2 invents unsteered (seed 0) and 2 x 20000 it invents after a built-in
 #      opener (seeds 300000, 400000), each answered greedily (6 vLLM engines side by side);
-#   3. two trainings with equal settings and steps, templates + unsteered prompts ("plain")
-#      against templates + opener prompts ("openers"), and their acceptance at T=0.
+#   3. side by side: two trainings with equal settings and steps, templates + unsteered
+#      prompts ("plain") against templates + opener prompts ("openers"), and a longer one
+#      on all the data ("all"); each one's acceptance at T=0 when it ends.
 source /tmp/spd_env.sh
 R=$SPD_REPO; M=/tmp/spdcache/models/smollm2; P=$R/.carry/eval; D=/tmp/hdata; O=/tmp/res
 mkdir -p $D $O; cd /tmp
@@ -43,7 +44,7 @@ train() {  # NAME DATA...
   local name=$1 s=$(date +%s); shift
   python3 -m vllm_spd.train --target $M --num-stages 4 --steps ${STEPS:-3000} --data "$@" --out $O/$name \
     --draft-layers 4 --draft-vocab-size 16384 --max-length 512 --batch-size 32 --lr 1e-3 \
-    --eval-every 1000 --eval-fraction 0.02 --log-every 50 --seed 0 --no-progress --save-dtype bfloat16 \
+    --eval-every ${EVAL_EVERY:-1000} --save-every 500 --eval-fraction 0.02 --log-every 50 --seed 0 --no-progress --save-dtype bfloat16 \
     > $O/$name.log 2>&1
   stamp "trained $name: $? in $(( $(date +%s) - s )) s"
   python3 $R/benchmarks/acceptance.py --target $M --num-stages 4 --head $O/$name --prompts $EX --limit 40 \
@@ -52,5 +53,9 @@ train() {  # NAME DATA...
 }
 train plain $tmpl $D/generated_plain.jsonl &
 train openers $tmpl $D/generated_openers1.jsonl &
+sleep 20
+# The long run on all the data: a longer schedule, checkpointed every 500 steps; lease 2
+# starts from its last checkpoint (--init) when the lease ends first.
+STEPS=${ALL_STEPS:-9000} train all $tmpl $D/generated_plain.jsonl $D/generated_openers1.jsonl $D/generated_openers2.jsonl &
 wait
 stamp "all done"; touch $O/all.done
