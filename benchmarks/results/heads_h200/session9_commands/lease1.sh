@@ -22,7 +22,7 @@ answer() {  # FILE PROMPTS SEED TEMPERATURE
 }
 invent_answer() {  # NAME SEED OPENERS
   local s=$(date +%s)
-  python3 -m vllm_spd.train.invent --target $M --num 20000 --seed $2 --openers $3 --exclude $EX $ENG \
+  python3 -m vllm_spd.train.invent --target $M --num ${NUM_INVENT:-20000} --seed $2 --openers $3 --exclude $EX $ENG \
     --out $D/$1.jsonl > $O/inv_$1.log 2>&1
   stamp "invented $1: $? ($(( $(date +%s) - s )) s)"
   answer generated_$1.jsonl $D/$1.jsonl 0 0
@@ -56,6 +56,6 @@ train openers $tmpl $D/generated_openers1.jsonl &
 sleep 20
 # The long run on all the data: a longer schedule, checkpointed every 500 steps; lease 2
 # starts from its last checkpoint (--init) when the lease ends first.
-STEPS=${ALL_STEPS:-9000} train all $tmpl $D/generated_plain.jsonl $D/generated_openers1.jsonl $D/generated_openers2.jsonl &
+[ "${ALL_STEPS:-9000}" -gt 0 ] && STEPS=${ALL_STEPS:-9000} train all $tmpl $D/generated_plain.jsonl $D/generated_openers1.jsonl $D/generated_openers2.jsonl &
 wait
 stamp "all done"; touch $O/all.done
