@@ -62,10 +62,11 @@ AttentionInterface.register(ATTENTION, attention_forward)
 
 
 def resolve(choice: str, device: torch.device) -> str:
-    """``auto`` -> ``flex`` on CUDA, ``sdpa`` elsewhere (PyTorch has FlexAttention's
-    backward on CUDA only; its forward elsewhere is an unfused reference, for tests)."""
+    """``auto`` -> ``sdpa``: FlexAttention stays opt-in until its training speed has been
+    measured on a GPU (``benchmarks/train_speed.py``). ``flex`` needs CUDA: PyTorch has
+    its backward there only (elsewhere its forward is an unfused reference, for tests)."""
     if choice == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "sdpa"
     if choice not in ("flex", "sdpa"):
         raise ValueError(f"attention must be auto, flex or sdpa, got {choice!r}")
     if choice == "flex" and device.type != "cuda":

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--attention", choices=["auto", "flex", "sdpa"], default="auto",
                    help="the draft module's training attention: block-sparse FlexAttention or SDPA with a dense "
-                        "bias (auto: flex on CUDA, sdpa elsewhere; same result)")
+                        "bias (same result; auto: sdpa; flex needs CUDA)")
     g.add_argument("--teacher-dtype", choices=["auto", *_DTYPES], default="auto",
                    help="dtype of the frozen target's forward (anchors and teacher logits); auto: float32, "
                         "the precision heads are evaluated in, with TF32 matmuls on CUDA")

@@ -30,7 +30,7 @@ invent_answer() {  # NAME SEED OPENERS
 stamp start
 python3 -m vllm_spd.train.prompts --out $D/prompts.jsonl --num 3863 --seed 0 > /dev/null
 python3 $R/benchmarks/train_speed.py --target $M --num-stages 4 --draft-layers 4 --steps 20 --warmup 5 \
-  --settings sdpa:bfloat16 flex:bfloat16 flex:float32 --out $O/train_speed_smoke.json > $O/train_speed_smoke.log 2>&1 &
+  --settings sdpa:bfloat16 flex:bfloat16 flex:float32 sdpa:float32 --out $O/train_speed_smoke.json > $O/train_speed_smoke.log 2>&1 &
 answer generated.jsonl $D/prompts.jsonl 0 0 &
 answer generated_t1.jsonl $D/prompts.jsonl 1 0.8 &
 answer generated_t2.jsonl $D/prompts.jsonl 2 0.8 &
@@ -43,7 +43,7 @@ tmpl="$D/generated.jsonl $D/generated_t1.jsonl $D/generated_t2.jsonl"
 train() {  # NAME DATA...
   local name=$1 s=$(date +%s); shift
   python3 -m vllm_spd.train --target $M --num-stages 4 --steps ${STEPS:-3000} --data "$@" --out $O/$name \
-    --draft-layers 4 --draft-vocab-size 16384 --max-length 512 --batch-size 32 --lr 1e-3 \
+    --draft-layers 4 --draft-vocab-size 16384 --max-length 512 --batch-size 32 --lr 1e-3 --attention $(cat /tmp/attn 2>/dev/null || echo sdpa) \
     --eval-every ${EVAL_EVERY:-1000} --save-every 500 --eval-fraction 0.02 --log-every 50 --seed 0 --no-progress --save-dtype bfloat16 \
     > $O/$name.log 2>&1
   stamp "trained $name: $? in $(( $(date +%s) - s )) s"

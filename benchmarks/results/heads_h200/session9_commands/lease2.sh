@@ -12,7 +12,7 @@ stamp() { echo "$(date +%T) $*"; }
 stamp start
 s=$(date +%s)
 python3 -m vllm_spd.train --target $M --num-stages 4 --steps ${STEPS:-12000} --data $D/generated*.jsonl \
-  --out $O/final --draft-layers 4 --draft-vocab-size 16384 --max-length 512 --batch-size 32 --lr ${LR:-5e-4} \
+  --out $O/final --attention $(cat /tmp/attn 2>/dev/null || echo sdpa) --draft-layers 4 --draft-vocab-size 16384 --max-length 512 --batch-size 32 --lr ${LR:-5e-4} \
   --eval-every 2000 --eval-fraction 0.02 --log-every 50 --seed 0 --no-progress --save-dtype bfloat16 \
   ${INIT:+--init $INIT} > $O/final.log 2>&1
 stamp "trained final: $? in $(( $(date +%s) - s )) s"
