@@ -44,6 +44,15 @@ def load_prompts(path: str, limit: int | None) -> list[str]:
     return [r["turns"][0] for r in records]
 
 
+def write_result(result: dict, path: str | None) -> None:
+    """``result`` as indented JSON at ``path`` (folders made; nothing when None)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
 def hardware() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -178,9 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, a.out)
     print_table(result)
     print(f"wrote {a.out} ({result['wall_s_total']:.0f} s)")
     return result

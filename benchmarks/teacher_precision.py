@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from acceptance import hardware  # noqa: E402
+from acceptance import hardware, write_result  # noqa: E402
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,9 +67,7 @@ def main(argv=None) -> dict:
               "prompts": args.num, "max_new_tokens": args.max_new_tokens, "seconds": round(time.time() - t0, 1),
               "rows": rows}
     print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(result, args.out)
     return result
 
 

@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from acceptance import hardware  # noqa: E402
+from acceptance import hardware, write_result  # noqa: E402
 
 
 def synthetic_conversations(tokenizer, num: int, words: int, seed: int = 0) -> list[dict]:
@@ -123,9 +123,7 @@ def main(argv=None) -> dict:
               "num_stages": args.num_stages, "draft_layers": args.draft_layers,
               "draft_vocab_size": args.draft_vocab_size, "batch_size": args.batch_size,
               "max_length": args.max_length, "data": "synthetic: every batch at --max-length", "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(result, args.out)
     return result
 
 
