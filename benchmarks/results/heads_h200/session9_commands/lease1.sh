@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lease 1 (session 9), run in the background on one H200 after scripts/gpu_bringup.sh:
-#   1. the trainer's speed (benchmarks/train_speed.py: sdpa vs flex attention, bf16 vs fp32
-#      teacher), beside the start of
+#   1. the trainer's speed alone on the GPU (benchmarks/train_speed.py: sdpa vs flex
+#      attention, bf16 vs fp32 teacher), then
 #   2. data: the 3863 template prompts answered greedily and twice sampled (T=0.8), 20000
 #      prompts SmolLM2 invents unsteered (seed 0) and 2 x 20000 it invents after a built-in
 #      opener (seeds 300000, 400000), each answered greedily (6 vLLM engines side by side);
@@ -30,7 +30,8 @@ invent_answer() {  # NAME SEED OPENERS
 stamp start
 python3 -m vllm_spd.train.prompts --out $D/prompts.jsonl --num 3863 --seed 0 > /dev/null
 python3 $R/benchmarks/train_speed.py --target $M --num-stages 4 --draft-layers 4 --steps 20 --warmup 5 \
-  --settings sdpa:bfloat16 flex:bfloat16 flex:float32 sdpa:float32 --out $O/train_speed_smoke.json > $O/train_speed_smoke.log 2>&1 &
+  --settings sdpa:bfloat16 sdpa:float32 flex:bfloat16 flex:float32 --out $O/train_speed_h200.json > $O/train_speed.log 2>&1
+stamp "speed: $?"
 answer generated.jsonl $D/prompts.jsonl 0 0 &
 answer generated_t1.jsonl $D/prompts.jsonl 1 0.8 &
 answer generated_t2.jsonl $D/prompts.jsonl 2 0.8 &
