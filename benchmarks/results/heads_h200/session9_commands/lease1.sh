@@ -37,7 +37,7 @@ answer generated_t1.jsonl $D/prompts.jsonl 1 0.8 &
 answer generated_t2.jsonl $D/prompts.jsonl 2 0.8 &
 invent_answer plain 0 none &
 invent_answer openers1 300000 builtin &
-invent_answer openers2 400000 builtin &
+[ "${ALL_STEPS:-9000}" -gt 0 ] && invent_answer openers2 400000 builtin &
 wait
 stamp "data done"; touch $O/data.done
 tmpl="$D/generated.jsonl $D/generated_t1.jsonl $D/generated_t2.jsonl"
