@@ -29,9 +29,17 @@ invent_answer() {  # NAME SEED OPENERS
 }
 stamp start
 python3 -m vllm_spd.train.prompts --out $D/prompts.jsonl --num 3863 --seed 0 > /dev/null
-python3 $R/benchmarks/train_speed.py --target $M --num-stages 4 --draft-layers 4 --steps 20 --warmup 5 \
+python3 $R/benchmarks/train_speed.py --target $M --num-stages 4 --draft-layers 4 --steps ${SPEED_STEPS:-20} --warmup 5 \
   --settings sdpa:bfloat16 sdpa:float32 flex:bfloat16 flex:float32 --out $O/train_speed_h200.json > $O/train_speed.log 2>&1
 stamp "speed: $?"
+# The trainings below use FlexAttention only when the measurement above found it faster
+# (fp32 teacher, the trainer's default), unless /tmp/attn was written by hand.
+[ -f /tmp/attn ] || python3 - $O/train_speed_h200.json > /tmp/attn <<'PY' || echo sdpa > /tmp/attn
+import json, sys
+rows = {r["attention"]: r["steps_per_s"] for r in json.load(open(sys.argv[1]))["rows"] if r["teacher_dtype"] == "float32"}
+print("flex" if rows.get("flex", 0) > rows.get("sdpa", 0) else "sdpa")
+PY
+stamp "attention for the trainings: $(cat /tmp/attn)"
 answer generated.jsonl $D/prompts.jsonl 0 0 &
 answer generated_t1.jsonl $D/prompts.jsonl 1 0.8 &
 answer generated_t2.jsonl $D/prompts.jsonl 2 0.8 &
