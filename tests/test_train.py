@@ -568,6 +568,45 @@ def test_training_forward_equals_simulated_inference(target, stages, anchors):
             torch.testing.assert_close(train_logits[0, t], inf_logits, atol=2e-5, rtol=1e-4)
 
 
+def test_tower_init_from_target_continues_the_target(target):
+    """--tower-init target: 2 draft layers copied from the target's layers 2 and 3 and the
+    deepest type's aggregation the identity on anchor 2 (the output of layer 1), so the
+    head's logits at step 0 are the target's own on the draft columns."""
+    from vllm_spd.train.trainer import teacher_forward
+
+    lay = StageLayout.build(4, 2, [0, 2])
+    ids = torch.arange(3, 43)
+    torch.manual_seed(0)
+    mod = DraftModule.from_target(target, lay, 2, ids, tower_init="target").eval()
+    for j, i in enumerate([2, 3]):
+        for k, v in target.model.layers[i].state_dict().items():
+            assert torch.equal(mod.layers[j].state_dict()[k], v), (j, k)
+    S = 8
+    torch.manual_seed(3)
+    tokens = torch.randint(0, 300, (1, S))
+    feats, t_logits, _ = teacher_forward(target, tokens, torch.ones(1, S, dtype=torch.bool), lay.anchors, ids)
+    top = lay.num_types - 1
+    with torch.no_grad():
+        for a in range(lay.num_types):
+            torch.testing.assert_close(mod.aggregate(feats, a), feats[a])
+        causal = torch.zeros(1, 1, S, S).masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1),
+                                                      torch.finfo(torch.float32).min)
+        got = mod.logits(mod.run_layers(mod.aggregate(feats, top), torch.arange(S)[None], causal))
+    torch.testing.assert_close(got, t_logits, atol=1e-4, rtol=1e-4)
+    # The default tower is random: far from the target's logits.
+    torch.manual_seed(0)
+    rnd = DraftModule.from_target(target, lay, 2, ids).eval()
+    with torch.no_grad():
+        far = rnd.logits(rnd.run_layers(rnd.aggregate(feats, top), torch.arange(S)[None], causal))
+    assert (far - t_logits).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="tower_init"):
+        DraftModule.from_target(target, lay, 2, ids, tower_init="copy")
+    with pytest.raises(ValueError, match="5 draft layers but the target has 4"):
+        DraftModule.from_target(target, lay, 5, ids, tower_init="target")
+    with pytest.raises(ValueError, match="does not match target layer"):
+        DraftModule.from_target(target, lay, 1, ids, {"intermediate_size": 96}, tower_init="target")
+
+
 def test_teacher_anchor_L_is_pre_norm(target):
     from vllm_spd.train.trainer import teacher_forward
 
@@ -675,6 +714,16 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
         _train(common[:5] + ["2"] + common[6:] + ["--out", str(tmp_path / "d"), "--init", str(out_a)])
     with pytest.raises(SystemExit, match="exclude each other"):
         _train(common + ["--out", str(out_b), "--resume", "--init", str(out_a)])
+
+    # --tower-init target: recorded in the head; not with --init; a tower that cannot be copied is named.
+    out_e = tmp_path / "e"
+    _train(init_args[:-2] + ["--out", str(out_e), "--tower-init", "target", "--steps", "2"])
+    assert checkpoint.read_config(str(out_e)).provenance["tower_init"] == "target"
+    assert checkpoint.read_config(str(out_a)).provenance["tower_init"] == "random"
+    with pytest.raises(SystemExit, match="--init and --tower-init exclude each other"):
+        _train(common + ["--out", str(tmp_path / "f"), "--init", str(out_a), "--tower-init", "target"])
+    with pytest.raises(SystemExit, match="--tower-init target: .*6 draft layers but the target has 4"):
+        _train(common[:5] + ["6"] + common[6:] + ["--out", str(tmp_path / "g"), "--tower-init", "target"])
 
 
 def test_cli_trained_head_drafts_inside_vllm(tiny_qwen3, tmp_path, monkeypatch):

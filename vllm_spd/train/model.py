@@ -24,6 +24,8 @@ from vllm_spd.head import family_class, tower_config, tower_layer_class
 from vllm_spd.layout import StageLayout
 from vllm_spd.train.attention import ATTENTION
 
+TOWER_INITS = ("random", "target")
+
 
 def rotary_class(target_config):
     """The family's rotary embedding class (e.g. Qwen3RotaryEmbedding)."""
@@ -62,15 +64,50 @@ class DraftModule(nn.Module):
 
     @classmethod
     def from_target(cls, target_model, layout: StageLayout, num_draft_layers: int,
-                    draft_token_ids: torch.Tensor, layer_overrides: dict | None = None) -> "DraftModule":
+                    draft_token_ids: torch.Tensor, layer_overrides: dict | None = None,
+                    tower_init: str = "random") -> "DraftModule":
         """A fresh module for ``target_model`` whose draft head starts as the target's
-        LM-head rows of the draft tokens."""
+        LM-head rows of the draft tokens; its tower random (``tower_init="random"``) or
+        as the target's last layers (``"target"``, see ``init_tower_from_target``)."""
+        if tower_init not in TOWER_INITS:
+            raise ValueError(f"tower_init must be one of {TOWER_INITS}, not {tower_init!r}")
+        L = target_model.config.num_hidden_layers
+        if tower_init == "target" and num_draft_layers > L:
+            raise ValueError(f"tower init from the target: {num_draft_layers} draft layers but the target has {L}")
         norm, rotary, lm_head = target_parts(target_model)
         mod = cls(target_model.config, layout, num_draft_layers, int(draft_token_ids.numel()),
                   norm, rotary, layer_overrides)
         with torch.no_grad():
             mod.lm_head.weight.copy_(lm_head.detach()[draft_token_ids.to(lm_head.device)].float())
+        if tower_init == "target":
+            base = target_model.get_decoder() if hasattr(target_model, "get_decoder") else target_model.model
+            mod.init_tower_from_target(base.layers)
         return mod
+
+    def init_tower_from_target(self, target_layers) -> list[int]:
+        """Draft layer j starts as target layer ``L - Ls + j`` (the last ``Ls`` layers, the
+        ones that feed the final norm and LM head) and aggregation type a as the identity
+        on its deepest anchor (``anchors[a]``, the last block of its input). At step 0 a
+        row of the deepest type is then the target's own computation from that anchor on.
+        Returns the copied target layer indices."""
+        L, Ls = len(target_layers), len(self.layers)
+        if Ls > L:
+            raise ValueError(f"tower init from the target: {Ls} draft layers but the target has {L}")
+        sources = list(range(L - Ls, L))
+        for j, i in enumerate(sources):
+            want, got = self.layers[j].state_dict(), target_layers[i].state_dict()
+            wrong = sorted(k for k in want if k not in got or tuple(got[k].shape) != tuple(want[k].shape))
+            wrong += sorted(set(got) - set(want))
+            if wrong:
+                raise ValueError(f"tower init from the target: draft layer {j} does not match target layer {i} "
+                                 f"(layer overrides?): {wrong[:5]}")
+            self.layers[j].load_state_dict({k: v.detach().to(want[k].dtype) for k, v in got.items()})
+        with torch.no_grad():
+            for a, proj in enumerate(self.aggr_projs):
+                H = proj.weight.shape[0]
+                proj.weight.zero_()
+                proj.weight[:, a * H:(a + 1) * H] = torch.eye(H, dtype=proj.weight.dtype)
+        return sources
 
     @property
     def final_norm(self) -> nn.Module:

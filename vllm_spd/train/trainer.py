@@ -34,7 +34,7 @@ from vllm_spd.train import mask as mask_mod
 from vllm_spd.train import openers as openers_mod
 from vllm_spd.train import vocab as vocab_mod
 from vllm_spd.train.loss import distill_loss
-from vllm_spd.train.model import DraftModule
+from vllm_spd.train.model import TOWER_INITS, DraftModule
 
 logger = logging.getLogger("vllm_spd.train")
 
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default=None, metavar="HEAD_DIR",
                    help="start from this head's weights and draft vocabulary (fresh optimizer and "
                         "schedule), e.g. to go on training a head on more data")
+    g.add_argument("--tower-init", choices=list(TOWER_INITS), default="random",
+                   help="the draft layers' start: random, or the target's last --draft-layers layers with each "
+                        "aggregation the identity on its deepest anchor (not with --init)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--attention", choices=["auto", "flex", "sdpa"], default="auto",
@@ -186,6 +189,9 @@ class Trainer:
         self.state_path = os.path.join(self.out, STATE_FILE)
         self.resume_state = None
         self.init_info = None
+        self.tower_init = args.tower_init
+        if args.init and args.tower_init != "random":
+            raise SystemExit("--init and --tower-init exclude each other: --init starts from another head's weights")
         if args.resume and args.init:
             raise SystemExit("--init and --resume exclude each other: --resume continues OUT's own run, "
                              "--init starts a new run from another head")
@@ -290,7 +296,11 @@ class Trainer:
         self.d_ids = self.draft_ids.to(self.device)
         self.t2d = vocab_mod.token_to_draft_index(self.d_ids, V)
         torch.manual_seed(a.seed)
-        self.model = DraftModule.from_target(self.target, self.layout, a.draft_layers, self.draft_ids).to(self.device)
+        try:
+            self.model = DraftModule.from_target(self.target, self.layout, a.draft_layers, self.draft_ids,
+                                                 tower_init=a.tower_init).to(self.device)
+        except ValueError as e:
+            raise SystemExit(f"--tower-init {a.tower_init}: {e}") from None
         if init_tensors is not None:
             self.model.load_head_tensors({k: v.float() for k, v in init_tensors.items() if k != "draft_token_ids"})
         self.block_types = mask_mod.used_types(self.layout)
@@ -321,6 +331,7 @@ class Trainer:
             self.step, self.elapsed, self.history = st["step"], st["elapsed"], st["history"]
             self.vocab_info = st["vocab_info"]
             self.init_info = st.get("init_info")
+            self.tower_init = st.get("tower_init", "random")
             # Entries logged after the last checkpoint belong to the interrupted run:
             # the log restarts from the checkpoint's history.
             with open(os.path.join(self.out, LOG_FILE), "w") as f:
@@ -432,7 +443,8 @@ class Trainer:
             "fill": {"full_prob": a.full_fill_prob, "partial": "uniform [1, n-1]"},
             "mask": "deepest-prefix + staircase, partial-fill cut-off delta >= fill - depth",
             "sample_type_depths": a.sample_type_depths, "draft_vocab": self.vocab_info,
-            "init": self.init_info, "held_out": "prompts whose sha256 falls below --eval-fraction",
+            "init": self.init_info, "tower_init": self.tower_init,
+            "held_out": "prompts whose sha256 falls below --eval-fraction",
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return checkpoint.HeadConfig(
@@ -447,7 +459,8 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "history": self.history,
             "model": self.model.head_tensors(self.draft_ids), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "draft_token_ids": self.draft_ids.cpu(),
-            "vocab_info": self.vocab_info, "init_info": self.init_info, "config": self.config_key(),
+            "vocab_info": self.vocab_info, "init_info": self.init_info,
+            "tower_init": self.tower_init, "config": self.config_key(),
             "total_steps": self.total_steps,
         }
         tmp = self.state_path + ".tmp"
