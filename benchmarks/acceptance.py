@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-stages", type=int, required=True)
     p.add_argument("--hybrid-min-match", type=int, default=None,
                    help="hybrid: shortest suffix match for which prompt lookup drafts instead of the head")
+    p.add_argument("--hybrid-max-temperature", type=float, default=None,
+                   help="hybrid: highest temperature at which prompt lookup still drafts (default 0: greedy only)")
     p.add_argument("--prompts", nargs="+", required=True, help="JSONL files with {'turns': [...]}")
     p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--max-tokens", type=int, default=128)
@@ -170,12 +172,17 @@ def main(argv: list[str] | None = None) -> dict:
         if a.drafter != "hybrid":
             p.error("--hybrid-min-match needs --drafter hybrid")
         spec["hybrid_min_match"] = a.hybrid_min_match
+    if a.hybrid_max_temperature is not None:
+        if a.drafter != "hybrid":
+            p.error("--hybrid-max-temperature needs --drafter hybrid")
+        spec["hybrid_max_temperature"] = a.hybrid_max_temperature
     start = time.perf_counter()
     llm = LLM(model=a.target, dtype="float32", enforce_eager=True, max_model_len=a.max_model_len, seed=a.seed,
               speculative_config=spec, disable_log_stats=False, gpu_memory_utilization=a.gpu_memory_utilization)
     head = llm.llm_engine.vllm_config.speculative_config.model if a.drafter != "ngram" else None
     result = {"target": os.path.abspath(a.target), "drafter": a.drafter,
-              "hybrid_min_match": spec.get("hybrid_min_match"), "head": head_summary(head),
+              "hybrid_min_match": spec.get("hybrid_min_match"),
+              "hybrid_max_temperature": spec.get("hybrid_max_temperature"), "head": head_summary(head),
               "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "dtype": "float32",
               "vllm": vllm_version, "hardware": hardware(), "results": []}
     for path in a.prompts:

@@ -56,8 +56,9 @@ def test_acceptance_bench_head_and_ngram(tiny_qwen3, prompts_file, tmp_path):
     _check(result, 3, [0.0])
 
 
-def test_hybrid_min_match_needs_the_hybrid_drafter(tmp_path, prompts_file, capsys):
+@pytest.mark.parametrize("flag,value", [("--hybrid-min-match", "2"), ("--hybrid-max-temperature", "1.0")])
+def test_hybrid_flags_need_the_hybrid_drafter(tmp_path, prompts_file, capsys, flag, value):
     with pytest.raises(SystemExit):
         acceptance.main(["--target", "unused", "--num-stages", "2", "--prompts", prompts_file,
-                         "--hybrid-min-match", "2", "--out", str(tmp_path / "x.json")])
-    assert "--hybrid-min-match needs --drafter hybrid" in capsys.readouterr().err
+                         flag, value, "--out", str(tmp_path / "x.json")])
+    assert f"{flag} needs --drafter hybrid" in capsys.readouterr().err

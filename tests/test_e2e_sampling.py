@@ -113,41 +113,68 @@ def test_sampled_output_follows_target(head_kind, broken, lag, tiny_qwen3, predi
         assert (alpha > 0.5) if head_kind == "mirror_head" else (alpha < 0.2), alpha
 
 
-def test_hybrid_sampling_follows_target(predictable, tmp_path):
-    """The hybrid drafter mixes two proposals: prompt lookup (deterministic, one-hot q)
-    where the newest token occurred before, the head's sampled draft elsewhere. The
-    prompt starts with some of the target's likely first tokens, so both branches are
-    taken; the mirror head's q is close to the target's p, so verifying a looked-up
-    token against the head's q instead of a one-hot q would bias the output."""
+@pytest.fixture(scope="module")
+def lead_prompt(predictable):
+    """A prompt led by some of the target's likely first tokens, so that prompt lookup
+    (ngram_max 1) matches in part of the samples: the lead is grown until it holds
+    30-90% of the target's top-k mass after the prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     m = AutoModelForCausalLM.from_pretrained(predictable, dtype=torch.float32).eval()
     base = AutoTokenizer.from_pretrained(predictable).encode(PROMPT)
     lead: list[int] = []
-    for _ in range(40):   # grow a lead until it holds part of the target's top-k after the prompt
+    for _ in range(40):
         with torch.no_grad():
             top = m(torch.tensor([lead + base])).logits[0, -1].topk(TOP_K)
         probs = torch.softmax(top.values, -1).tolist()
         share = sum(q for t, q in zip(top.indices.tolist(), probs) if t in lead)
         if 0.3 < share < 0.9:
-            break
+            return lead + base
         lead += [t for t in top.indices.tolist() if t not in lead][:1]
-    else:
-        pytest.fail("no lead found that covers part of the target's top-k")
-    prompt_ids = lead + base
-    head = mirror_head(predictable, 2, str(tmp_path / "head"))
+    pytest.fail("no lead found that covers part of the target's top-k")
+
+
+def sample_drafted(model, prompt_ids, spec, n):
+    """``n`` seeded T=1 requests on ``prompt_ids``: (first two tokens, draft counters)."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=predictable, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
-              speculative_config={"method": "spd", "num_stages": 2, "model": head, "drafter": "hybrid",
-                                  "hybrid_min_match": 1, "ngram_max": 1})
-    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(N)]
-    outs = llm.generate([{"prompt_token_ids": prompt_ids}] * N, params, use_tqdm=False)
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
+              speculative_config=spec, disable_log_stats=False)
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(n)]
+    outs = llm.generate([{"prompt_token_ids": prompt_ids}] * n, params, use_tqdm=False)
+    metrics = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
     pairs = [tuple(o.outputs[0].token_ids[:2]) for o in outs]
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    looked_up = sum(x1 in prompt_ids for x1, _ in pairs) / len(pairs)
+    return pairs, metrics
+
+
+HYBRID = {"method": "spd", "num_stages": 2, "drafter": "hybrid", "hybrid_min_match": 1, "ngram_max": 1}
+
+
+def test_hybrid_sampling_follows_target(predictable, lead_prompt, tmp_path):
+    """The hybrid drafter mixes two proposals: prompt lookup (deterministic, one-hot q)
+    where the newest token occurred before, the head's sampled draft elsewhere; here
+    lookup is on for sampled requests too (hybrid_max_temperature 1). The mirror head's
+    q is close to the target's p, so verifying a looked-up token against the head's q
+    instead of a one-hot q would bias the output."""
+    head = mirror_head(predictable, 2, str(tmp_path / "head"))
+    pairs, _ = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, N)
+    looked_up = sum(x1 in lead_prompt for x1, _ in pairs) / len(pairs)
     assert 0.2 < looked_up < 0.95, f"both proposals must be exercised (lookup share {looked_up:.2f})"
-    pvalue = chi_square_pvalue(pairs, exact_pair_law(predictable, prompt_ids))
+    pvalue = chi_square_pvalue(pairs, exact_pair_law(predictable, lead_prompt))
     assert pvalue > 1e-3, f"hybrid SPD sampling does not follow the target (p={pvalue:.3g})"
+
+
+def test_hybrid_keeps_the_head_for_sampled_requests(predictable, lead_prompt, tmp_path):
+    """By default (hybrid_max_temperature 0) prompt lookup drafts for greedy requests
+    only: seeded T=1 requests get exactly the head drafter's tokens and verdicts, while
+    with lookup allowed at T=1 the same requests draft differently."""
+    head = mirror_head(predictable, 2, str(tmp_path / "head"))
+    n = 200
+    plain = sample_drafted(predictable, lead_prompt, {**HYBRID, "drafter": "head", "model": head}, n)
+    gated = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head}, n)
+    open_ = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, n)
+    assert gated == plain
+    assert open_ != plain

@@ -40,7 +40,8 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """Where drafts come from. ``head``: a Pipeline Draft Module (``model`` or the
     default head location); ``ngram``: prompt lookup over the request's own tokens,
     needs no weights; ``hybrid``: the head, except where prompt lookup matches a
-    suffix of at least ``hybrid_min_match`` tokens; ``auto``: a head when one is found,
+    suffix of at least ``hybrid_min_match`` tokens (for requests at temperature
+    ``hybrid_max_temperature`` or below); ``auto``: a head when one is found,
     else ngram with a warning;
     ``oracle``: benchmark instrument, see ``oracle_tokens``; with a ``model`` (head) the
     draft module still runs every cycle, unused, so its cost is priced."""
@@ -64,6 +65,11 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """Shortest suffix the ngram drafter matches."""
     hybrid_min_match: int = Field(default=3, ge=1)
     """``hybrid``: shortest matched suffix for which prompt lookup overrides the head."""
+    hybrid_max_temperature: float = Field(default=0.0, ge=0)
+    """``hybrid``: prompt lookup overrides the head only for requests sampled at this
+    temperature or below; default 0: greedy requests only. A looked-up token is accepted
+    with the target's probability of it, which at T=1 is often below the head's
+    sum(min(p, q)): measured, lookup lowered the head's alpha at T=1 (README)."""
     log_interval_s: float = Field(default=10.0, ge=0)
     """Seconds between log lines with alpha and tokens per cycle (0 = off)."""
     verdict_lag: int | None = Field(default=None, ge=0, le=1)
@@ -117,7 +123,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
 SPD_KEYS = frozenset(
     {"method", "num_stages", "model", "drafter", "cycles_per_step", "stage_placement",
      "stage_layers", "ngram_max", "ngram_min", "log_interval_s", "num_speculative_tokens",
-     "oracle_tokens", "oracle_alpha", "hybrid_min_match", "verdict_lag",
+     "oracle_tokens", "oracle_alpha", "hybrid_min_match", "hybrid_max_temperature", "verdict_lag",
      "enforce_eager"}
 )
 

@@ -69,8 +69,10 @@ class DraftingMixin:
         def launch_hybrid():
             head = launch_head()
             # Prompt lookup on the host while the draft module runs.
+            # (Sampled requests above hybrid_max_temperature keep the head's draft.)
             lookups = [match_ngram(self._spd_tokens(req, index[req.req_id]), cfg.ngram_max, cfg.hybrid_min_match)
-                       if w else None for req, w in zip(active, wants)]
+                       if w and (req.sampling.greedy or req.sampling.temperature <= cfg.hybrid_max_temperature) else None
+                       for req, w in zip(active, wants)]
 
             def finish():
                 drafts = head()
