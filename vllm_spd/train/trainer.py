@@ -277,6 +277,9 @@ class Trainer:
         torch.manual_seed(a.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(a.target)
         cfg = AutoConfig.from_pretrained(a.target)
+        if not 1 <= a.draft_layers <= cfg.num_hidden_layers:
+            raise SystemExit(f"--draft-layers {a.draft_layers}: the draft tower needs 1 to {cfg.num_hidden_layers} "
+                             f"layers (the target's decoder layers); a draft deeper than its target cannot be faster")
         self.layout = layout_mod.StageLayout.build(cfg.num_hidden_layers, a.num_stages, a.anchors, a.stage_layers)
         generated = self.generate_data()
         self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.teacher_dtype).to(self.device).eval()
