@@ -20,13 +20,16 @@ N = 1500
 TOP_K = 4
 
 
-def sample_pairs(model, spec):
+def sample_pairs(model, spec, prompt=PROMPT, n=N):
+    """``n`` seeded requests sampling 3 tokens at T=1 (top-k) from ``prompt`` (text or
+    token ids): (prompt ids, first two tokens per request, draft counters)."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
               speculative_config=spec, disable_log_stats=False)
-    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(N)]
-    outs = llm.generate([PROMPT] * N, params, use_tqdm=False)
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(n)]
+    request = prompt if isinstance(prompt, str) else {"prompt_token_ids": prompt}
+    outs = llm.generate([request] * n, params, use_tqdm=False)
     metrics = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
     prompt_ids = outs[0].prompt_token_ids
     pairs = [tuple(o.outputs[0].token_ids[:2]) for o in outs]
@@ -134,22 +137,6 @@ def lead_prompt(predictable):
     pytest.fail("no lead found that covers part of the target's top-k")
 
 
-def sample_drafted(model, prompt_ids, spec, n):
-    """``n`` seeded T=1 requests on ``prompt_ids``: (first two tokens, draft counters)."""
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
-              speculative_config=spec, disable_log_stats=False)
-    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(n)]
-    outs = llm.generate([{"prompt_token_ids": prompt_ids}] * n, params, use_tqdm=False)
-    metrics = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
-    pairs = [tuple(o.outputs[0].token_ids[:2]) for o in outs]
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    return pairs, metrics
-
-
 HYBRID = {"method": "spd", "num_stages": 2, "drafter": "hybrid", "hybrid_min_match": 1, "ngram_max": 1}
 
 
@@ -160,7 +147,7 @@ def test_hybrid_sampling_follows_target(predictable, lead_prompt, tmp_path):
     q is close to the target's p, so verifying a looked-up token against the head's q
     instead of a one-hot q would bias the output."""
     head = mirror_head(predictable, 2, str(tmp_path / "head"))
-    pairs, _ = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, N)
+    _, pairs, _ = sample_pairs(predictable, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, lead_prompt)
     looked_up = sum(x1 in lead_prompt for x1, _ in pairs) / len(pairs)
     assert 0.2 < looked_up < 0.95, f"both proposals must be exercised (lookup share {looked_up:.2f})"
     pvalue = chi_square_pvalue(pairs, exact_pair_law(predictable, lead_prompt))
@@ -173,8 +160,8 @@ def test_hybrid_keeps_the_head_for_sampled_requests(predictable, lead_prompt, tm
     with lookup allowed at T=1 the same requests draft differently."""
     head = mirror_head(predictable, 2, str(tmp_path / "head"))
     n = 200
-    plain = sample_drafted(predictable, lead_prompt, {**HYBRID, "drafter": "head", "model": head}, n)
-    gated = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head}, n)
-    open_ = sample_drafted(predictable, lead_prompt, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, n)
+    plain = sample_pairs(predictable, {**HYBRID, "drafter": "head", "model": head}, lead_prompt, n)[1:]
+    gated = sample_pairs(predictable, {**HYBRID, "model": head}, lead_prompt, n)[1:]
+    open_ = sample_pairs(predictable, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, lead_prompt, n)[1:]
     assert gated == plain
     assert open_ != plain
