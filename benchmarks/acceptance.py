@@ -21,6 +21,11 @@ each run:
   plain decode step;
 - ``ideal_speedup`` = n / (1 + (n-1)(1-alpha)), the steady-state model.
 
+``--by-category`` runs each file's categories (the records' ``category`` field, e.g.
+MT-Bench's writing, roleplay, reasoning, math, coding, extraction, stem, humanities) one
+after another, so that each has its own counters, and adds a row per category under the
+file's row (whose counts are then the categories' sums).
+
 Wall times here run every stage in one CPU worker: they show cost, not speedup.
 """
 
@@ -34,14 +39,23 @@ import platform
 import time
 
 
-def load_prompts(path: str, limit: int | None) -> list[str]:
-    """First turn of every record; ``limit`` takes evenly spaced records (MT-Bench is
-    ordered by category, so the first K would cover only a few categories)."""
+def load_prompts(path: str, limit: int | None) -> list[tuple[str, str]]:
+    """(first turn, category) of every record, category "" where the record has none;
+    ``limit`` takes evenly spaced records (MT-Bench is ordered by category, so the first K
+    would cover only a few categories)."""
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     if limit and limit < len(records):
         records = [records[i * len(records) // limit] for i in range(limit)]
-    return [r["turns"][0] for r in records]
+    return [(r["turns"][0], str(r.get("category", ""))) for r in records]
+
+
+def by_category(prompts: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The prompts of each category, categories in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for text, category in prompts:
+        groups.setdefault(category, []).append(text)
+    return groups
 
 
 def write_result(result: dict, path: str | None) -> None:
@@ -83,7 +97,12 @@ def counters(llm) -> dict:
     return out
 
 
-def measure(llm, prompts: list[str], temperature: float, max_tokens: int, n: int, seed: int) -> dict:
+# Counts that add up over runs; summarize() derives the rates from them.
+COUNTS = ("prompts", "output_tokens", "drafts", "accepted", "cycles", "model_cycles", "wall_s")
+
+
+def count(llm, prompts: list[str], temperature: float, max_tokens: int, n: int, seed: int) -> dict:
+    """One run of ``prompts`` at ``temperature``: the COUNTS (and where ``cycles`` came from)."""
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -93,23 +112,47 @@ def measure(llm, prompts: list[str], temperature: float, max_tokens: int, n: int
     wall = time.perf_counter() - start
     after = counters(llm)
     d = {k: after[k] - before.get(k, 0) for k in after}
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     drafts, accepted = int(d["drafts"]), int(d["accepted"])
+    model_cycles = accepted + n * (drafts - accepted) + (n - 1) * len(prompts)
+    return {"prompts": len(prompts), "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+            "drafts": drafts, "accepted": accepted,
+            "cycles": int(d["cycles"]) if "cycles" in d else model_cycles,
+            "cycles_source": "worker" if "cycles" in d else "model",
+            "model_cycles": model_cycles, "wall_s": wall}
+
+
+def combine(runs: list[dict]) -> dict:
+    """The COUNTS of several runs added up (cycles_source "model" if any run's was)."""
+    total = {k: sum(r[k] for r in runs) for k in COUNTS}
+    total["cycles_source"] = "model" if any(r["cycles_source"] == "model" for r in runs) else "worker"
+    return total
+
+
+def summarize(c: dict, temperature: float, n: int) -> dict:
+    """A result row: the counts ``c`` and the rates derived from them."""
+    tokens, drafts, accepted, cycles = c["output_tokens"], c["drafts"], c["accepted"], c["cycles"]
     alpha = accepted / drafts if drafts else float("nan")
-    if "cycles" in d:
-        cycles, source = int(d["cycles"]), "worker"
-    else:
-        cycles, source = accepted + n * (drafts - accepted) + (n - 1) * len(prompts), "model"
     return {
-        "temperature": temperature, "prompts": len(prompts), "output_tokens": tokens,
+        "temperature": temperature, "prompts": c["prompts"], "output_tokens": tokens,
         "drafts": drafts, "accepted": accepted, "alpha": alpha,
-        "cycles": cycles, "cycles_source": source,
-        "model_cycles": accepted + n * (drafts - accepted) + (n - 1) * len(prompts),
+        "cycles": cycles, "cycles_source": c["cycles_source"], "model_cycles": c["model_cycles"],
         "tokens_per_cycle": tokens / cycles if cycles else float("nan"),
         "n_x_tokens_per_cycle": n * tokens / cycles if cycles else float("nan"),
         "ideal_speedup": n / (1 + (n - 1) * (1 - alpha)) if drafts else float("nan"),
-        "wall_s": round(wall, 2), "output_tok_per_s": round(tokens / wall, 1),
+        "wall_s": round(c["wall_s"], 2), "output_tok_per_s": round(tokens / c["wall_s"], 1) if c["wall_s"] else 0.0,
     }
+
+
+def measure(llm, prompts: list[tuple[str, str]], temperature: float, max_tokens: int, n: int, seed: int,
+            split: bool = False) -> dict:
+    """One file's row at ``temperature``. ``split``: each category runs on its own (so its
+    counters are its own) and the row also holds ``categories``: category -> row."""
+    if not split:
+        return summarize(count(llm, [p for p, _ in prompts], temperature, max_tokens, n, seed), temperature, n)
+    runs = {c: count(llm, texts, temperature, max_tokens, n, seed) for c, texts in by_category(prompts).items()}
+    row = summarize(combine(list(runs.values())), temperature, n)
+    row["categories"] = {c: summarize(r, temperature, n) for c, r in runs.items()}
+    return row
 
 
 def head_summary(head: str | None) -> dict | None:
@@ -132,9 +175,11 @@ def print_table(result: dict) -> None:
     head = ("file", "T", "prompts", "tokens", "alpha", "tok/cycle", f"{n}*tok/cycle", "ideal", "wall s")
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in result["results"]:
-        print(f"| {r['file']} | {r['temperature']:g} | {r['prompts']} | {r['output_tokens']} | {r['alpha']:.3f} | "
-              f"{r['tokens_per_cycle']:.3f} | {r['n_x_tokens_per_cycle']:.2f} | {r['ideal_speedup']:.2f} | "
-              f"{r['wall_s']:.0f} |")
+        rows = [(r["file"], r)] + [(f"{r['file']}: {c or '(none)'}", cr) for c, cr in r.get("categories", {}).items()]
+        for name, x in rows:
+            print(f"| {name} | {x['temperature']:g} | {x['prompts']} | {x['output_tokens']} | {x['alpha']:.3f} | "
+                  f"{x['tokens_per_cycle']:.3f} | {x['n_x_tokens_per_cycle']:.2f} | {x['ideal_speedup']:.2f} | "
+                  f"{x['wall_s']:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -154,6 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="evenly spaced prompts per file")
+    p.add_argument("--by-category", action="store_true",
+                   help="run each file's categories (the records' 'category' field) one after another and "
+                        "report alpha per category beside the file's total")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
@@ -183,12 +231,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"target": os.path.abspath(a.target), "drafter": a.drafter,
               "hybrid_min_match": spec.get("hybrid_min_match"),
               "hybrid_max_temperature": spec.get("hybrid_max_temperature"), "head": head_summary(head),
-              "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "dtype": "float32",
+              "num_stages": a.num_stages, "max_tokens": a.max_tokens, "limit": a.limit, "by_category": a.by_category,
+              "dtype": "float32",
               "vllm": vllm_version, "hardware": hardware(), "results": []}
     for path in a.prompts:
         prompts = load_prompts(path, a.limit)
         for t in a.temperature:
-            r = measure(llm, prompts, t, a.max_tokens, a.num_stages, a.seed)
+            r = measure(llm, prompts, t, a.max_tokens, a.num_stages, a.seed, split=a.by_category)
             result["results"].append({"file": os.path.basename(path), **r})
     result["wall_s_total"] = round(time.perf_counter() - start, 1)
     llm.llm_engine.engine_core.shutdown()
