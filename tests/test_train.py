@@ -727,6 +727,71 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
             _train(common[:5] + ["6"] + common[6:] + ["--out", str(tmp_path / "g"), "--tower-init", init])
 
 
+class FakeClock:
+    """Advances one second at every reading: the trainer's time is then a count of its
+    clock readings, the same on every machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def _trainer(argv):
+    from vllm_spd.train.trainer import Trainer, build_parser
+
+    t = Trainer(build_parser().parse_args(argv + ["--no-progress"]))
+    t.setup()
+    return t
+
+
+def test_time_budget_plans_the_steps_and_ends_the_decay_there(target_dir, tmp_path):
+    from vllm_spd.train.budget import fit_steps
+
+    data = _write_data(tmp_path / "train.jsonl", 40, seed=0)
+    out = tmp_path / "head"
+    argv = ["--target", target_dir, "--num-stages", "2", "--draft-layers", "1", "--draft-vocab-size", "64",
+            "--data", data, "--steps", "10000", "--lr", "3e-3", "--batch-size", "4", "--max-length", "64",
+            "--warmup-steps", "2", "--eval-every", "1000", "--eval-fraction", "0.2", "--seed", "3",
+            "--time-budget", "120", "--out", str(out)]
+    t = _trainer(argv)
+    t.clock = FakeClock()
+    summary = t.train()
+    plan = summary["time_budget_plan"]
+    # Planned once, 10 steps into the run (warm-up is 2 steps), before the decay began.
+    assert plan["at_step"] == 10 and plan["most_steps"] == 10000
+    assert plan["total_steps"] == fit_steps(120, plan["spent_s"], 10, plan["step_s"], plan["eval_s"], 1000, 10000)
+    assert 10 < plan["total_steps"] < 10000
+    # The run ends where the plan says, with its schedule done, inside the budget.
+    assert summary["finished"] and summary["step"] == summary["total_steps"] == plan["total_steps"]
+    cfg = json.loads((out / "config.json").read_text())["spd"]["provenance"]
+    assert cfg["finished"] and cfg["time_budget_s"] == 120 and cfg["time_budget_plan"] == plan
+    assert cfg["train_time_s"] <= 120
+    lrs = [h["lr"] for h in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "lr" in h]
+    assert lrs[-1] == 0.0   # the linear decay reached zero at the planned end
+
+    # Stopped after the plan and resumed, a run keeps its planned length.
+    out2 = tmp_path / "head2"
+    argv2 = [x if x != str(out) else str(out2) for x in argv]
+    t = _trainer(argv2 + ["--stop-after", "12"])
+    t.clock = FakeClock()
+    first = t.train()
+    assert first["step"] == 12 and not first["finished"] and first["time_budget_plan"] == plan
+    t = _trainer(argv2 + ["--resume"])
+    t.clock = FakeClock()
+    resumed = t.train()
+    assert resumed["finished"] and resumed["step"] == plan["total_steps"] and resumed["time_budget_plan"] == plan
+
+
+def test_time_budget_must_be_positive(target_dir, tmp_path):
+    data = _write_data(tmp_path / "train.jsonl", 8, seed=0)
+    with pytest.raises(SystemExit, match="--time-budget -5.0"):
+        _trainer(["--target", target_dir, "--num-stages", "2", "--data", data, "--time-budget", "-5",
+                  "--out", str(tmp_path / "h")])
+
+
 def test_cli_trained_head_drafts_inside_vllm(tiny_qwen3, tmp_path, monkeypatch):
     """A head written by the training CLI is a head the plugin serves: loaded by vLLM on
     two pipeline ranks, greedy output equal to plain decoding, drafts counted."""

@@ -28,6 +28,7 @@ import torch
 
 from vllm_spd import checkpoint, layout as layout_mod
 from vllm_spd.train import attention as attention_mod
+from vllm_spd.train import budget
 from vllm_spd.train import data as data_mod
 from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=float, default=1.0)
     g.add_argument("--stop-after", type=int, default=None,
                    help="leave after this step (the schedule still spans --steps); resume later")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="fit the run to this many seconds of training (steps, evaluations, checkpoints; not "
+                        "data generation or loading): when warm-up ends, the step count is planned from the "
+                        "time per step so far, --steps/--epochs being the most it may be, and the linear decay "
+                        "ends there")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps, at most 100")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -277,6 +283,8 @@ class Trainer:
         torch.manual_seed(a.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(a.target)
         cfg = AutoConfig.from_pretrained(a.target)
+        if a.time_budget is not None and not a.time_budget > 0:
+            raise SystemExit(f"--time-budget {a.time_budget}: give the training's seconds, a positive number")
         if not 1 <= a.draft_layers <= cfg.num_hidden_layers:
             raise SystemExit(f"--draft-layers {a.draft_layers}: the draft tower needs 1 to {cfg.num_hidden_layers} "
                              f"layers (the target's decoder layers); a draft deeper than its target cannot be faster")
@@ -315,12 +323,14 @@ class Trainer:
         warmup = a.warmup_steps if a.warmup_steps is not None else min(100, self.total_steps // 20)
         self.warmup = warmup
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-        total = self.total_steps
+        self.plan = None   # --time-budget's plan, made when warm-up ends
+        self.clock = time.monotonic   # the training time's clock (tests give a fake one)
 
         def schedule(step: int) -> float:
+            # Reads self.total_steps: a time-budget plan sets it before the decay begins.
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         self.step = 0
@@ -332,6 +342,9 @@ class Trainer:
             self.opt.load_state_dict(st["optimizer"])
             self.sched.load_state_dict(st["scheduler"])
             self.step, self.elapsed, self.history = st["step"], st["elapsed"], st["history"]
+            self.plan = st.get("plan")
+            if self.plan is not None:   # the planned length, not --steps/--epochs again
+                self.total_steps = self.plan["total_steps"]
             self.vocab_info = st["vocab_info"]
             self.init_info = st.get("init_info")
             self.tower_init = st.get("tower_init", "random")
@@ -447,6 +460,7 @@ class Trainer:
             "mask": "deepest-prefix + staircase, partial-fill cut-off delta >= fill - depth",
             "sample_type_depths": a.sample_type_depths, "draft_vocab": self.vocab_info,
             "init": self.init_info, "tower_init": self.tower_init,
+            "time_budget_s": a.time_budget, "time_budget_plan": self.plan,
             "held_out": "prompts whose sha256 falls below --eval-fraction",
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -464,7 +478,7 @@ class Trainer:
             "scheduler": self.sched.state_dict(), "draft_token_ids": self.draft_ids.cpu(),
             "vocab_info": self.vocab_info, "init_info": self.init_info,
             "tower_init": self.tower_init, "config": self.config_key(),
-            "total_steps": self.total_steps,
+            "total_steps": self.total_steps, "plan": self.plan,
         }
         tmp = self.state_path + ".tmp"
         torch.save(state, tmp)
@@ -477,6 +491,23 @@ class Trainer:
         with open(os.path.join(self.out, LOG_FILE), "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def plan_steps(self, spent_s: float, step_s: float, eval_s: float | None) -> None:
+        """``--time-budget``: the most steps (up to the current total) that end in the
+        budget become the total. An evaluation not yet timed is taken as half a step per
+        held-out batch (a forward without backward)."""
+        a = self.args
+        if not self.eval_set:
+            eval_s = 0.0
+        elif eval_s is None:
+            eval_s = step_s * math.ceil(len(self.eval_set) / a.batch_size) / 2
+        most = self.total_steps
+        total = budget.fit_steps(a.time_budget, spent_s, self.step, step_s, eval_s, a.eval_every, most)
+        self.plan = {"at_step": self.step, "spent_s": round(spent_s, 2), "step_s": round(step_s, 4),
+                     "eval_s": round(eval_s, 2), "most_steps": most, "total_steps": total}
+        self.total_steps = total
+        logger.info("--time-budget %.0f s: %.3f s a step, %.1f s an evaluation, %.0f s spent at step %d: "
+                    "%d steps in all (at most %d)", a.time_budget, step_s, eval_s, spent_s, self.step, total, most)
+
     # -- the loop ----------------------------------------------------------------------
     def train(self) -> dict:
         from tqdm.auto import tqdm
@@ -484,15 +515,22 @@ class Trainer:
         a = self.args
         save_every = a.save_every or a.eval_every
         end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+        clock = self.clock
+        t0 = clock()    # self.elapsed + (now - t0): the training time so far
+        eval_s = None   # the last evaluation's seconds
         if self.step == 0 and self.resume_state is None:
             ev = self.evaluate()
+            eval_s = clock() - t0
             if ev:
                 self.log(ev)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=a.no_progress, dynamic_ncols=True,
                    desc="spd-train")
         ema_loss = ema_acc = None
-        t0 = time.time()
+        # --time-budget: planned when warm-up ends (after at least 10 steps of this run), from the
+        # loop's time per step since it began, its evaluations and checkpoints set aside.
+        plan_at = min(max(self.warmup, self.step + 10), self.total_steps - 1)
+        loop_start, loop_step, aside = clock(), self.step, 0.0
         while self.step < end:
             rng = random.Random(a.seed * 1_000_003 + self.step)
             fill = draw_fill(self.layout.num_stages, a.full_fill_prob, rng)
@@ -504,7 +542,7 @@ class Trainer:
             self.opt.step()
             self.sched.step()
             self.step += 1
-            loss = float(out.loss.detach())
+            loss = float(out.loss.detach())   # waits for the step on a GPU
             if out.num_valid:
                 ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
                 ema_acc = out.accuracy if ema_acc is None else 0.9 * ema_acc + 0.1 * out.accuracy
@@ -515,20 +553,38 @@ class Trainer:
             if self.step % a.log_every == 0 or self.step == end:
                 self.log({"step": self.step, "loss": loss, "accuracy": out.accuracy, "positions": out.num_valid,
                           "fill": fill, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)})
+            if a.time_budget and self.plan is None and self.step >= plan_at:
+                now = clock()
+                step_s = (now - loop_start - aside) / (self.step - loop_step)
+                self.plan_steps(self.elapsed + now - t0, step_s, eval_s)
+                end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+                bar.total = self.total_steps
+                bar.refresh()
+            if a.time_budget and self.step < end and self.elapsed + clock() - t0 >= a.time_budget:
+                logger.warning("--time-budget %.0f s spent at step %d of %d: stopping here (the schedule has "
+                               "not ended; the head is saved unfinished)", a.time_budget, self.step,
+                               self.total_steps)
+                end = self.step
             finished = self.step == self.total_steps
             if self.step % a.eval_every == 0 or self.step == end:
+                started = clock()
                 ev = self.evaluate()
+                eval_s = clock() - started
+                aside += eval_s
                 if ev:
                     self.log(ev)
                     bar.write(f"step {self.step}: eval loss {ev['eval_loss']:.4f}, draft accuracy "
                               f"{ev['eval_accuracy']:.4f} ({ev['eval_positions']} positions)")
             if self.step % save_every == 0 or self.step == end:
-                self.elapsed += time.time() - t0
-                t0 = time.time()
+                started = clock()
+                self.elapsed += started - t0
+                t0 = started
                 self.save(finished=finished)
+                aside += clock() - started
         bar.close()
         last_eval = next((h for h in reversed(self.history) if "eval_accuracy" in h), None)
-        return {"out": os.path.abspath(self.out), "step": self.step, "total_steps": self.total_steps,
+        return {"time_budget_plan": self.plan,
+                "out": os.path.abspath(self.out), "step": self.step, "total_steps": self.total_steps,
                 "finished": self.step == self.total_steps, "eval": last_eval,
                 "draft_vocab_size": int(self.draft_ids.numel())}
 
