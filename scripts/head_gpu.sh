@@ -18,6 +18,7 @@
 #   GEN_ENGINE ("--gpu-memory-utilization 0.9"): vLLM options of the generation CLIs, e.g.
 #     "--gpu-memory-utilization 0.1 --max-num-seqs 512" for several engines on one GPU;
 #   STEPS (3000), BATCH (32), LR (1e-3), DRAFT_LAYERS (1), VOCAB (8192, the draft vocabulary);
+#   TIME_BUDGET: seconds of training per head (the trainer's --time-budget; STEPS is then the most);
 #   INIT: a head directory to start from (the trainer's --init; VOCAB is then the head's);
 #   SEED (0), EVAL_FRACTION (0.03), EVAL_EVERY (250): the trainer's --seed, --eval-fraction,
 #     --eval-every;
@@ -58,7 +59,7 @@ for n in $stages; do
     --data $files --out "$out/s$n" --draft-layers "${DRAFT_LAYERS:-1}" \
     --draft-vocab-size "${VOCAB:-8192}" --max-length 512 --batch-size "${BATCH:-32}" --lr "${LR:-1e-3}" \
     --eval-every "${EVAL_EVERY:-250}" --eval-fraction "${EVAL_FRACTION:-0.03}" --log-every 50 --seed "${SEED:-0}" \
-    --no-progress --save-dtype bfloat16 ${INIT:+--init "$INIT"}
+    --no-progress --save-dtype bfloat16 ${INIT:+--init "$INIT"} ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"}
   echo "trained s$n in $(( $(date +%s) - start )) s"
   python3 "$here/benchmarks/acceptance.py" --target "$target" --num-stages "$n" --head "$out/s$n" \
     --prompts "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" \
