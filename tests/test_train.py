@@ -785,6 +785,27 @@ def test_time_budget_plans_the_steps_and_ends_the_decay_there(target_dir, tmp_pa
     assert resumed["finished"] and resumed["step"] == plan["total_steps"] and resumed["time_budget_plan"] == plan
 
 
+def test_time_budget_plans_again_at_checkpoints_without_raising_the_lr(target_dir, tmp_path):
+    # Evaluations every 7 steps and checkpoints every 5 cost clock readings the first plan
+    # (steps alone, evaluations priced apart) does not see; each checkpoint step plans
+    # again from all the loop's time, and the decay goes on from the present rate.
+    data = _write_data(tmp_path / "train.jsonl", 40, seed=0)
+    out = tmp_path / "head"
+    t = _trainer(["--target", target_dir, "--num-stages", "2", "--draft-layers", "1", "--draft-vocab-size", "64",
+                  "--data", data, "--steps", "10000", "--lr", "3e-3", "--batch-size", "4", "--max-length", "64",
+                  "--warmup-steps", "2", "--eval-every", "7", "--save-every", "5", "--log-every", "1",
+                  "--eval-fraction", "0.2", "--seed", "3", "--time-budget", "300", "--out", str(out)])
+    t.clock = FakeClock()
+    summary = t.train()
+    plan = summary["time_budget_plan"]
+    assert plan["plans"] >= 3 and summary["finished"] and summary["step"] == plan["total_steps"]
+    assert json.loads((out / "config.json").read_text())["spd"]["provenance"]["train_time_s"] <= 300
+    lrs = [h["lr"] for h in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+           if "lr" in h and h["step"] >= 2]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])), lrs   # never rises after warm-up
+    assert lrs[-1] == 0.0 and lrs[0] > 0.0
+
+
 def test_time_budget_must_be_positive(target_dir, tmp_path):
     data = _write_data(tmp_path / "train.jsonl", 8, seed=0)
     with pytest.raises(SystemExit, match="--time-budget -5.0"):

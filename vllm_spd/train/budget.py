@@ -1,10 +1,11 @@
 """Fitting a training run's length to a wall-clock budget (``--time-budget``).
 
 A GPU is often lent for a fixed time, and a run cut off by the clock ends with its
-learning rate mid-decay. ``--time-budget`` instead plans the step count once, when
-warm-up ends (before the linear decay has begun, so the plan changes no learning
-rate already used): from the time per step and per evaluation seen so far, the most
-steps that end inside the budget become the schedule's total.
+learning rate mid-decay. ``--time-budget`` instead plans the step count when warm-up
+ends: from the time per step and per evaluation seen so far, the most steps that end
+inside the budget become the schedule's total. The trainer plans again at every
+checkpoint from all the time the loop has taken (checkpoints cost time the first plan
+cannot see), and each plan decays the learning rate linearly from its present value.
 """
 
 from __future__ import annotations

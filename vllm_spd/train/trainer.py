@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave after this step (the schedule still spans --steps); resume later")
     g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the run to this many seconds of training (steps, evaluations, checkpoints; not "
-                        "data generation or loading): when warm-up ends, the step count is planned from the "
-                        "time per step so far, --steps/--epochs being the most it may be, and the linear decay "
-                        "ends there")
+                        "data generation or loading): when warm-up ends, and again at every checkpoint, the step "
+                        "count is planned from the time per step so far, --steps/--epochs being the most it may "
+                        "be, and the linear decay goes on from the present rate to end there")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps, at most 100")
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -323,14 +323,17 @@ class Trainer:
         warmup = a.warmup_steps if a.warmup_steps is not None else min(100, self.total_steps // 20)
         self.warmup = warmup
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-        self.plan = None   # --time-budget's plan, made when warm-up ends
+        self.plan = None   # --time-budget's latest plan (train())
         self.clock = time.monotonic   # the training time's clock (tests give a fake one)
 
         def schedule(step: int) -> float:
-            # Reads self.total_steps: a time-budget plan sets it before the decay begins.
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+            total, p = self.total_steps, self.plan
+            if p is None:
+                return max(0.0, (total - step) / max(1, total - warmup))
+            # --time-budget: linear from the factor at the plan's step down to 0 at its total
+            return max(0.0, p["from_factor"] * (total - step) / max(1, total - p["at_step"]))
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         self.step = 0
@@ -492,18 +495,21 @@ class Trainer:
             f.write(json.dumps(entry) + "\n")
 
     def plan_steps(self, spent_s: float, step_s: float, eval_s: float | None) -> None:
-        """``--time-budget``: the most steps (up to the current total) that end in the
-        budget become the total. An evaluation not yet timed is taken as half a step per
-        held-out batch (a forward without backward)."""
+        """``--time-budget``: the most steps (up to --steps/--epochs) that end in the
+        budget become the total, and the learning rate decays linearly from its present
+        value to 0 there (so a new plan never makes it jump). An evaluation not yet timed
+        is taken as half a step per held-out batch (a forward without backward)."""
         a = self.args
         if not self.eval_set:
             eval_s = 0.0
         elif eval_s is None:
             eval_s = step_s * math.ceil(len(self.eval_set) / a.batch_size) / 2
-        most = self.total_steps
+        most = self.plan["most_steps"] if self.plan else self.total_steps
+        factor = self.sched.lr_lambdas[0](self.step)   # under the schedule so far
         total = budget.fit_steps(a.time_budget, spent_s, self.step, step_s, eval_s, a.eval_every, most)
-        self.plan = {"at_step": self.step, "spent_s": round(spent_s, 2), "step_s": round(step_s, 4),
-                     "eval_s": round(eval_s, 2), "most_steps": most, "total_steps": total}
+        self.plan = {"at_step": self.step, "from_factor": factor, "spent_s": round(spent_s, 2),
+                     "step_s": round(step_s, 4), "eval_s": round(eval_s, 2), "most_steps": most,
+                     "total_steps": total, "plans": (self.plan["plans"] + 1) if self.plan else 1}
         self.total_steps = total
         logger.info("--time-budget %.0f s: %.3f s a step, %.1f s an evaluation, %.0f s spent at step %d: "
                     "%d steps in all (at most %d)", a.time_budget, step_s, eval_s, spent_s, self.step, total, most)
@@ -527,8 +533,9 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=a.no_progress, dynamic_ncols=True,
                    desc="spd-train")
         ema_loss = ema_acc = None
-        # --time-budget: planned when warm-up ends (after at least 10 steps of this run), from the
-        # loop's time per step since it began, its evaluations and checkpoints set aside.
+        # --time-budget: planned when warm-up ends (after at least 10 steps of this run) from the
+        # loop's time per step, its evaluations and checkpoints set aside and evaluations priced
+        # apart; planned again at every checkpoint step from all the loop's time per step.
         plan_at = min(max(self.warmup, self.step + 10), self.total_steps - 1)
         loop_start, loop_step, aside = clock(), self.step, 0.0
         while self.step < end:
@@ -553,10 +560,14 @@ class Trainer:
             if self.step % a.log_every == 0 or self.step == end:
                 self.log({"step": self.step, "loss": loss, "accuracy": out.accuracy, "positions": out.num_valid,
                           "fill": fill, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)})
-            if a.time_budget and self.plan is None and self.step >= plan_at:
+            if a.time_budget and self.step < end and (self.plan is None and self.step >= plan_at or
+                                                      self.plan is not None and self.step % save_every == 0):
                 now = clock()
-                step_s = (now - loop_start - aside) / (self.step - loop_step)
-                self.plan_steps(self.elapsed + now - t0, step_s, eval_s)
+                if self.plan is None:
+                    self.plan_steps(self.elapsed + now - t0, (now - loop_start - aside) / (self.step - loop_step),
+                                    eval_s)
+                else:
+                    self.plan_steps(self.elapsed + now - t0, (now - loop_start) / (self.step - loop_step), 0.0)
                 end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
                 bar.total = self.total_steps
                 bar.refresh()
