@@ -390,6 +390,34 @@ class _SlowTokenizer:
         return getattr(self._tok, name)
 
 
+@pytest.mark.parametrize("failures,error,starts", [
+    (1, RuntimeError("Engine core initialization failed. See root cause above."), 2),   # retried, then up
+    (5, RuntimeError("Engine core initialization failed. See root cause above."), 3),   # gives up after 3
+    (1, ValueError("bad --dtype"), 1),                                                   # not a start-up race
+])
+def test_start_engine_starts_a_failed_engine_again(monkeypatch, failures, error, starts):
+    import vllm
+
+    from vllm_spd.train import data as data_mod
+
+    calls = []
+
+    class Engine:
+        def __init__(self, model=None, seed=None, **kw):
+            calls.append((model, seed, kw))
+            if len(calls) <= failures:
+                raise error
+
+    monkeypatch.setattr(vllm, "LLM", Engine)
+    monkeypatch.setattr(data_mod, "ENGINE_RETRY_WAIT_S", 0.0)
+    if starts > failures:
+        assert isinstance(data_mod.start_engine("T", 7, dtype="float32"), Engine)
+    else:
+        with pytest.raises(type(error), match=str(error)[:20]):
+            data_mod.start_engine("T", 7, dtype="float32")
+    assert calls == [("T", 7, {"dtype": "float32"})] * starts
+
+
 def test_assistant_mask(tok):
     msgs = [{"role": "user", "content": "count n1"}, {"role": "assistant", "content": "n1 n2 n3"},
             {"role": "user", "content": "n1 n2 n3"}, {"role": "assistant", "content": " ok stop "}]

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -317,9 +318,7 @@ def generate_conversations(target: str, prompts: list, *, num: int | None = None
                                 max_tokens=max_tokens, seed=seed)
     own = llm is None
     if own:
-        from vllm import LLM
-
-        llm = LLM(model=target, seed=seed, **llm_kwargs)
+        llm = start_engine(target, seed, **llm_kwargs)
     try:
         for k in range(max((len(u) for u in users), default=0)):
             todo = [i for i, u in enumerate(users) if k < len(u)]
@@ -334,6 +333,31 @@ def generate_conversations(target: str, prompts: list, *, num: int | None = None
             del llm
             release_vllm()
     return convs
+
+
+# An engine that fails to start is started again (start_engine).
+ENGINE_START_TRIES = 3
+ENGINE_RETRY_WAIT_S = 20.0
+
+
+def start_engine(target: str, seed: int, **llm_kwargs):
+    """A ``vllm.LLM`` for ``target``. An engine whose core fails to start is started again,
+    up to ENGINE_START_TRIES times, ENGINE_RETRY_WAIT_S apart: with several engines (or a
+    training) on one GPU, vLLM's start-up memory profile fails when another process frees
+    GPU memory while it measures ("Error in memory profiling"), which a later start does
+    not meet. Other errors, and the last try's, are raised as they are."""
+    from vllm import LLM
+
+    for attempt in range(1, ENGINE_START_TRIES + 1):
+        try:
+            return LLM(model=target, seed=seed, **llm_kwargs)
+        except RuntimeError as e:
+            if attempt == ENGINE_START_TRIES or "initialization failed" not in str(e):
+                raise
+            logger.warning("vLLM engine for %s failed to start (%s); try %d of %d in %.0f s", target, e,
+                           attempt + 1, ENGINE_START_TRIES, ENGINE_RETRY_WAIT_S)
+            release_vllm()
+            time.sleep(ENGINE_RETRY_WAIT_S)
 
 
 def release_vllm() -> None:

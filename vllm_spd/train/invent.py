@@ -24,7 +24,7 @@ import logging
 import os
 
 from vllm_spd.train import openers as openers_mod
-from vllm_spd.train.data import add_engine_args, engine_kwargs, prompt_key, write_records
+from vllm_spd.train.data import add_engine_args, engine_kwargs, prompt_key, start_engine, write_records
 
 logger = logging.getLogger("vllm_spd.train")
 
@@ -85,9 +85,7 @@ def invent_prompts(target: str, num: int, *, temperature: float = 1.0, top_p: fl
 
     own = llm is None
     if own:
-        from vllm import LLM
-
-        llm = LLM(model=target, seed=seed, **llm_kwargs)
+        llm = start_engine(target, seed, **llm_kwargs)
     seen = {prompt_key(t) for t in exclude}
     found: list[str] = []
     issued = 0

@@ -218,11 +218,10 @@ class Trainer:
             return None
         path = os.path.join(self.out, GENERATED_FILE)
         if not (a.resume and os.path.isfile(path)):
-            from vllm import LLM
-
             prompts = data_mod.read_prompts(a.generate_from) if a.generate_from else []
             prompts = prompts[: a.num_generate] if a.num_generate else prompts
-            llm = LLM(model=a.target, seed=a.seed, dtype="float32" if self.teacher_dtype == torch.float32 else "auto")
+            llm = data_mod.start_engine(a.target, a.seed,
+                                        dtype="float32" if self.teacher_dtype == torch.float32 else "auto")
             try:
                 if a.invent:
                     invented = invent_mod.invent_prompts(a.target, a.invent, llm=llm, tokenizer=self.tokenizer,
