@@ -519,7 +519,10 @@ class Trainer:
 
         a = self.args
         save_every = a.save_every or a.eval_every
-        end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+        def last_step() -> int:   # where this run stops (a time-budget plan moves the total)
+            return self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+
+        end = last_step()
         clock = self.clock
         t0 = clock()    # self.elapsed + (now - t0): the training time so far
         eval_s = None   # the last evaluation's seconds
@@ -567,7 +570,7 @@ class Trainer:
                                     eval_s)
                 else:
                     self.plan_steps(self.elapsed + now - t0, (now - loop_start) / (self.step - loop_step), 0.0)
-                end = self.total_steps if a.stop_after is None else min(self.total_steps, a.stop_after)
+                end = last_step()
                 bar.total = self.total_steps
                 bar.refresh()
             if a.time_budget and self.step < end and self.elapsed + clock() - t0 >= a.time_budget:
