@@ -35,11 +35,7 @@ class DraftingMixin:
         wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
         cfg = self.spd_cfg
         if cfg.drafter == "oracle":
-            if not hasattr(self, "spd_oracle"):
-                from vllm_spd.oracle import OracleDrafter
-
-                self.spd_oracle = OracleDrafter.from_file(cfg.oracle_tokens, cfg.oracle_alpha,
-                                                          self.model_config.get_vocab_size())
+            self._spd_oracle()
             # With a head: priced, not used (the draft module runs as it would).
             priced = self._spd_pdm_begin(active, index, wants) if self.spd_pdm is not None and self.spd_price_pdm \
                 else None
@@ -84,6 +80,16 @@ class DraftingMixin:
                 return drafts
             return finish
         return launch_hybrid
+
+    def _spd_oracle(self):
+        """The oracle drafter (a benchmark instrument), read from ``oracle_tokens`` once."""
+        if not hasattr(self, "spd_oracle"):
+            from vllm_spd.oracle import OracleDrafter
+
+            cfg = self.spd_cfg
+            self.spd_oracle = OracleDrafter.from_file(cfg.oracle_tokens, cfg.oracle_alpha,
+                                                      self.model_config.get_vocab_size())
+        return self.spd_oracle
 
     def _spd_tokens(self, req: SPDRequest, idx: int) -> list[int]:
         """The request's committed tokens followed by its unverified in-flight ones."""

@@ -14,6 +14,8 @@ FULL_GRAPHS_VAR = "VLLM_SPD_FULL_GRAPHS"
 DRAFT_GRAPHS_VAR = "VLLM_SPD_DRAFT_GRAPHS"
 #: "0" verifies eagerly instead of replaying verification CUDA graphs (greedy batches).
 VERIFY_GRAPHS_VAR = "VLLM_SPD_VERIFY_GRAPHS"
+#: "0" keeps every decode step on the host-driven cycle (no device-resident cycle).
+DEVICE_CYCLE_VAR = "VLLM_SPD_DEVICE_CYCLE"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -54,3 +56,7 @@ def draft_graphs() -> bool:
 
 def verify_graphs() -> bool:
     return _on(VERIFY_GRAPHS_VAR)
+
+
+def device_cycle() -> bool:
+    return _on(DEVICE_CYCLE_VAR)

@@ -344,6 +344,9 @@ class SPDRunnerMixin(DraftingMixin):
 
     # -- decode cycles -----------------------------------------------------------------
     def _spd_decode(self, work, stats) -> dict[str, list[int]]:
+        device = self._spd_device_cycle()
+        if device is not None and device.serves([self.spd_requests[r] for _, r, _ in work]):
+            return device.run_step(work, stats)
         committed = {req_id: [] for _, req_id, _ in work}
         budget = {}
         limit = {}
@@ -566,14 +569,28 @@ class SPDRunnerMixin(DraftingMixin):
         return self.spd_verify_graphs
 
     def capture_model(self):
-        """vLLM's graphs and the draft module's, then verification's (on the controller)."""
+        """vLLM's graphs and the draft module's, then verification's (on the controller),
+        then the device cycle's (one worker)."""
         size = super().capture_model()
         if self.spd_is_controller:
             from vllm_spd.verify_graphs import VerifyGraphs, graphs_supported
 
             size = self._spd_capture_graphs(size, "verification", graphs_supported, VerifyGraphs.for_runner,
                                             "spd_verify_graphs")
-        return size
+        from vllm_spd import device_cycle
+
+        return self._spd_capture_graphs(size, "the device cycle", device_cycle.graphs_supported,
+                                        device_cycle.DeviceCycle, "spd_device")
+
+    def _spd_device_cycle(self):
+        """The device-resident cycle (``device_cycle.py``): captured on a GPU by
+        :meth:`capture_model`, eager on CPU; None where it is off."""
+        if not hasattr(self, "spd_device"):
+            from vllm_spd import device_cycle
+
+            ok = self.device.type != "cuda" and device_cycle.applies(self)
+            self.spd_device = device_cycle.DeviceCycle(self) if ok else None
+        return self.spd_device
 
     def _spd_decide(self, active, launch_drafts):
         """Controller: this cycle's drafts (from ``launch_drafts``, see

@@ -1,0 +1,89 @@
+"""The device-resident cycle (``device_cycle.py``) inside vLLM, on CPU: greedy output
+token-identical to plain vLLM for num_stages 1..4, stop ids, min_tokens and max_tokens
+exact inside the window, and every draft verdict the same as the host-driven cycle's
+(the oracle proposes the same drafts to both)."""
+
+import gc
+
+import pytest
+
+from test_e2e_greedy import PROMPTS, assert_identical
+from vllm_spd.oracle import save_recording
+
+MAX_TOKENS = 48
+
+
+def run(model, spec, params, prompts=PROMPTS):
+    from vllm import LLM
+
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec, disable_log_stats=False)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    counters = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
+    steps = llm.collective_rpc(_device_steps)[0] if spec else None
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return outs, counters, steps
+
+
+def _device_steps(worker):
+    device = getattr(worker.model_runner, "spd_device", None)
+    return None if device is None else device.steps
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_qwen3, tmp_path_factory):
+    from vllm import SamplingParams
+
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    outs, _, _ = run(tiny_qwen3, None, sp)
+    path = str(tmp_path_factory.mktemp("oracle") / "tokens.json")
+    save_recording(path, [o.prompt_token_ids for o in outs], [o.outputs[0].token_ids for o in outs])
+    return path, [list(o.outputs[0].token_ids) for o in outs]
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_device_cycle_matches_plain_and_host_cycle(tiny_qwen3, recorded, num_stages, monkeypatch):
+    from vllm import SamplingParams
+
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": num_stages, "drafter": "oracle", "oracle_tokens": path,
+            "oracle_alpha": 0.7}
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
+        outs, counters, steps = run(tiny_qwen3, spec, sp)
+        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+        results[switch] = (counters, steps)
+    (on, steps_on), (off, steps_off) = results["1"], results["0"]
+    assert steps_on and steps_off is None       # the device cycle really ran, and only when on
+    assert on == off                            # the same drafts verified, the same accepted
+    alpha = on["vllm:spec_decode_num_accepted_tokens"] / on["vllm:spec_decode_num_draft_tokens"]
+    assert 0.55 < alpha < 0.85, alpha
+
+
+def test_device_cycle_stops_match_plain(tiny_qwen3, recorded):
+    """Stop ids, min_tokens and max_tokens inside the in-flight window."""
+    from vllm import SamplingParams
+
+    path, reference = recorded
+    prompts = PROMPTS[:6]
+    params = []
+    for i, ref in enumerate(reference[:6]):
+        stop = ref[5 + 2 * i]          # a token the greedy output reaches mid-way
+        params.append([SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop_token_ids=[stop]),
+                       SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, stop_token_ids=[stop],
+                                      min_tokens=ref.index(stop) + 3),
+                       SamplingParams(max_tokens=7 + i, temperature=0.0, ignore_eos=True)][i % 3])
+    plain, _, _ = run(tiny_qwen3, None, params, prompts)
+    spec = {"method": "spd", "num_stages": 4, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.8}
+    spd, _, steps = run(tiny_qwen3, spec, params, prompts)
+    assert steps
+    got = [(list(o.outputs[0].token_ids), o.outputs[0].finish_reason, o.outputs[0].stop_reason) for o in spd]
+    want = [(list(o.outputs[0].token_ids), o.outputs[0].finish_reason, o.outputs[0].stop_reason) for o in plain]
+    assert got == want
+    assert [w[1] for i, w in enumerate(want) if i % 3 != 1] == ["stop", "length"] * 2
+    for i in (1, 4):   # min_tokens held the stop token back past its first greedy occurrence
+        assert len(want[i][0]) > reference[i].index(params[i].stop_token_ids[0]) + 1

@@ -1,0 +1,371 @@
+"""The SPD cycle on the device, for all stages in one worker.
+
+One engine step loads the batch's windows once into a :class:`CycleState` (with each
+in-flight token's hidden state by depth and the drafts the oracle will propose), then
+launches ``cycles_per_step`` cycles back to back with no host work or wait between
+them, and reads the committed ring once at the end. A cycle is a fixed-shape program:
+
+- each stage, last first, runs its layer slice on the token of its depth in every row
+  (the hops are device-to-device copies between depth slots); a row with nothing at
+  that depth still flows, with KV slot -1, so it writes nothing;
+- positions, sequence lengths and KV slots are computed from the state on the device
+  (slot -1 past a request's allocated blocks) into persistent buffers, and the
+  attention metadata over those buffers is built once per batch size with fixed upper
+  bounds (``max_seq_len = max_model_len``; FlashAttention 3 schedules inside its own
+  launch, no host-built scheduler metadata);
+- the completing tokens' final rows go through the LM head; the argmax (stop ids
+  masked until ``min_tokens``) verifies the drafts; :meth:`CycleState.advance` does the
+  rest.
+
+On a GPU one CUDA graph per padded batch size holds a whole cycle, captured after
+vLLM's graphs; on CPU the same program runs eagerly (metadata rebuilt by the CPU
+backend's builder every stage), which is what the CPU tests check against plain vLLM.
+
+Serves greedy requests with the oracle drafter (the benchmark instrument) at
+``verdict_lag`` 0; any other step takes the host-driven cycle in ``runner.py``. Both
+work on the same per-request state (``RequestPipeline`` and each token's carried hidden
+state), so a request can move between them at any step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from vllm_spd.cycle_state import CycleState
+
+logger = logging.getLogger("vllm_spd")
+
+#: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
+GRAPH_BATCHES = (1, 2, 4, 8, 16)
+
+
+class DeviceCycle:
+    def __init__(self, runner):
+        self.runner = runner
+        lay = runner.spd_layout
+        cfg = runner.spd_cfg
+        self.n = lay.num_stages
+        self.cycles_per_step = cfg.cycles_per_step
+        self.on_gpu = runner.device.type == "cuda"
+        max_seqs = runner.scheduler_config.max_num_seqs
+        self.sizes = sorted({min(b, max_seqs) for b in GRAPH_BATCHES})
+        self.max_batch = self.sizes[-1] if self.on_gpu else max_seqs
+        P, dev = self.max_batch, runner.device
+        self.state = CycleState.allocate(P, self.n, self.cycles_per_step, device=dev)
+        H = runner.spd_hidden_size
+        self.hidden = torch.zeros(P, self.n + 1, H, dtype=runner.spd_dtype, device=dev)
+        self.residual = torch.zeros_like(self.hidden)
+        #: the oracle's proposals for positions ``oracle_base + k``: a flush moves the head
+        #: back by up to n - 1, then drafts go at most one position further per cycle
+        self.oracle_span = self.cycles_per_step + self.n
+        self.oracle = torch.zeros(P, self.oracle_span, dtype=torch.int64, device=dev)
+        self.oracle_base = torch.zeros(P, dtype=torch.int64, device=dev)
+        blocks = runner.input_batch.block_table[0].get_cpu_tensor().shape[1]
+        self.block_size = runner.cache_config.block_size
+        self.block_table = torch.zeros(P, blocks, dtype=torch.int32, device=dev)
+        self.query_start_loc = torch.arange(P + 1, dtype=torch.int32, device=dev)
+        self.seq_lens = torch.ones(P, dtype=torch.int32, device=dev)
+        self.positions = torch.zeros(P, dtype=torch.int64, device=dev)
+        self.slots = torch.full((P,), -1, dtype=torch.int64, device=dev)
+        tm = runner.get_model().model
+        self.layer_names = [runner.spd_slices.layer_names[i] for i in range(tm.start_layer, tm.end_layer)]
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.meta: dict[int, tuple[dict, dict]] = {}
+        self.steps = 0
+        #: with ``timing`` on, per cycle (host launch seconds, device ms) and idle ms between cycles
+        self.timing = False
+        self.samples: dict[str, list[float]] = {"host_us": [], "device_ms": [], "idle_us": []}
+
+    # -- which steps it serves ---------------------------------------------------------
+    def serves(self, reqs) -> bool:
+        r = self.runner
+        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and r.spd_cfg.drafter == "oracle"
+                and (r.spd_pdm is None or not r.spd_price_pdm)
+                and len(reqs) <= self.max_batch and all(q.sampling.greedy for q in reqs)
+                and all(q.early is None for q in reqs))
+
+    def padded(self, b: int) -> int:
+        """Rows a step runs on: the smallest captured batch size that holds ``b``."""
+        return next(s for s in self.sizes if s >= b) if self.graphs else b
+
+    # -- one engine step -----------------------------------------------------------------
+    def run_step(self, work, stats) -> dict[str, list[int]]:
+        from vllm_spd.runner import StepStats
+
+        runner = self.runner
+        reqs = [runner.spd_requests[req_id] for _, req_id, _ in work]
+        B = len(reqs)
+        P = self.padded(B)
+        self._load(work, reqs, P)
+        for _ in range(self.cycles_per_step):
+            if self.timing and P in self.graphs:
+                self._timed_cycle(P)
+            elif P in self.graphs:
+                self.graphs[P].replay()
+            else:
+                self._cycle(P)
+        st = self.state
+        out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
+                         torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
+                                      st.accepted], 1)[:B]], 1).cpu()   # the step's one read
+        snap = torch.stack([self.hidden[:B], self.residual[:B]]).clone()
+        W, K = self.n + 1, self.cycles_per_step
+        committed = {}
+        for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
+            row = out[b].tolist()
+            tok, depth, ring, tail = row[:W], row[W:2 * W], row[2 * W:2 * W + K], row[2 * W + K:]
+            head, wlen, committed_len, ring_len, cycles, verified, accepted = tail
+            self._store(req, snap, b, tok, depth, head, wlen, committed_len)
+            kept = runner._spd_commit(idx, req, ring[:ring_len])
+            if len(kept) != ring_len:
+                raise RuntimeError(f"spd: the device gate committed {ring_len} tokens for request {req_id}, "
+                                   f"the host gate {len(kept)}")
+            committed[req_id] = kept
+            stats[req_id] = StepStats(cycles, verified, accepted, ring_len)
+        self.steps += 1
+        return committed
+
+    def _load(self, work, reqs, P) -> None:
+        """The batch's windows, gates, step limits and carried hidden states into the state."""
+        runner = self.runner
+        st, n, W = self.state, self.n, self.n + 1
+        S, M = st.stop_ids.shape[1], st.mask_ids.shape[1]
+        rows = []
+        hid, res, at = [], [], []
+        proposals, bases = [], []
+        for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
+            win = req.pipe.window
+            if len(win) > W:
+                raise RuntimeError(f"spd: request {req_id} holds {len(win)} in-flight tokens, more than {W}")
+            state = runner.requests[req_id]
+            sp = state.sampling_params
+            stop = sorted(req.gate.stop_ids)
+            mask = sorted(req.gate.mask_ids)
+            if len(stop) > S or len(mask) > M:
+                raise RuntimeError(f"spd: request {req_id} has more stop ids than the device gate holds")
+            blocks = len(state.block_ids[0])
+            limit = min(runner.max_model_len, blocks * self.block_size)
+            room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
+            g = req.gate
+            rows.append([e.token for e in win] + [0] * (W - len(win))
+                        + [e.depth for e in win] + [0] * (W - len(win))
+                        + stop + [-1] * (S - len(stop))
+                        + (mask + [mask[0]] * (M - len(mask)) if mask else [0] * M)
+                        + [win[0].pos, len(win), req.pipe.committed_len, g.min_tokens, min(g.max_tokens, 1 << 62),
+                           g.num_output, int(g.stopped), limit, min(num_sched, max(room, 0))])
+            for e in win:
+                if 1 <= e.depth <= n and e.pos in req.carry:
+                    h, r = req.carry[e.pos]
+                    hid.append(h)
+                    res.append(r)
+                    at.append((b, e.depth))
+            if runner.spd_cfg.drafter == "oracle":
+                prompt = state.prompt_token_ids
+                oracle = runner._spd_oracle()
+                base = win[0].pos + 1 - self.n
+                proposals.append([oracle.propose(prompt, base + k) for k in range(self.oracle_span)])
+                bases.append(base)
+        dev = self.hidden.device
+        B = len(reqs)
+        host = torch.tensor(rows, dtype=torch.int64)
+        packed = host.to(dev, non_blocking=True)
+        o = 0
+        for name, width in (("tok", W), ("depth", W), ("stop_ids", S), ("mask_ids", M)):
+            getattr(st, name)[:B].copy_(packed[:, o:o + width])
+            o += width
+        for name in ("head", "wlen", "committed_len", "min_tokens", "max_tokens", "num_output", "stopped",
+                     "limit", "budget"):
+            getattr(st, name)[:B].copy_(packed[:, o])
+            o += 1
+        st.real.zero_()
+        st.real[:B] = 1
+        for name in ("ring_len", "cycles", "verified", "accepted"):
+            getattr(st, name).zero_()
+        st.stopped[B:P] = 1
+        if at:
+            ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
+            self.hidden[ix[:, 0], ix[:, 1]] = torch.stack(hid).to(self.hidden.dtype)
+            self.residual[ix[:, 0], ix[:, 1]] = torch.stack(res).to(self.residual.dtype)
+        table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
+        self.block_table[:B].copy_(table, non_blocking=True)
+        self.block_table[B:P].zero_()
+        if proposals:   # the oracle's proposal for every position a draft can take this step
+            self.oracle[:B].copy_(torch.tensor(proposals), non_blocking=True)
+            self.oracle_base[:B].copy_(torch.tensor(bases), non_blocking=True)
+
+    def _store(self, req, snap, b, tok, depth, head, wlen, committed_len) -> None:
+        """The row's window and carried hidden states back into the request's state."""
+        from vllm_spd.pipeline import InFlight
+
+        req.pipe.window = [InFlight(head - j, tok[j], depth[j]) for j in range(wlen)]
+        req.pipe.committed_len = committed_len
+        req.carry = {e.pos: (snap[0, b, e.depth], snap[1, b, e.depth])
+                     for e in req.pipe.window if 1 <= e.depth <= self.n}
+        req.anchors.clear()
+        req.draft_q.clear()
+
+    # -- one cycle (what a graph holds) ----------------------------------------------------
+    def _cycle(self, P: int) -> None:
+        runner = self.runner
+        model = runner.get_model()
+        tm = model.model
+        lay = runner.spd_layout
+        part = self.state.rows(P)
+        live = part.live()
+        for s in reversed(range(self.n)):
+            runs, tok, pos = part.stage_rows(s, live)
+            self._write_metadata(P, runs, pos)
+            if s == 0:
+                hidden, residual = tm.embed_input_ids(tok), None
+            else:
+                hidden, residual = self.hidden[:P, s], self.residual[:P, s]
+            first, last = lay.ranges[s]
+            hidden, residual = self._run_layers(tm, first, last, P, hidden, residual)
+            self.hidden[:P, s + 1].copy_(hidden)
+            self.residual[:P, s + 1].copy_(residual)
+        normed, _ = tm.norm(self.hidden[:P, self.n], self.residual[:P, self.n])
+        logits = model.compute_logits(normed)
+        part.mask_min_tokens(logits)
+        target = logits.argmax(dim=-1)
+        part.advance(live, self._draft(P), target)
+
+    def _draft(self, P: int) -> torch.Tensor:
+        st = self.state
+        k = (st.head[:P] + 1 - self.oracle_base[:P]).clamp(0, self.oracle_span - 1)
+        return self.oracle[:P].gather(1, k[:, None])[:, 0]
+
+    def _write_metadata(self, P, runs, pos) -> None:
+        st = self.state
+        ok = runs & (pos < st.limit[:P]) & (pos >= 0)
+        p = pos.clamp(min=0)
+        col = (p // self.block_size).clamp(max=self.block_table.shape[1] - 1)
+        block = self.block_table[:P].gather(1, col[:, None])[:, 0].to(torch.int64)
+        self.positions[:P].copy_(p)
+        self.seq_lens[:P].copy_(torch.where(ok, p + 1, torch.ones_like(p)).to(torch.int32))
+        self.slots[:P].copy_(torch.where(ok, block * self.block_size + p % self.block_size, torch.full_like(p, -1)))
+
+    def _run_layers(self, tm, first, last, P, hidden, residual):
+        from vllm.forward_context import set_forward_context
+
+        attn, slots = self._metadata(P)
+        positions = self.positions[:P]
+        with set_forward_context(attn, self.runner.vllm_config, num_tokens=P, slot_mapping=slots):
+            for i in range(first, last):
+                hidden, residual = tm.layers[i](positions, hidden, residual)
+        return hidden, residual
+
+    def _metadata(self, P: int):
+        """Every layer's attention metadata over the persistent buffers: built once per
+        batch size on a GPU (fixed upper bounds), every stage on CPU (the CPU backend
+        plans on the host)."""
+        if P in self.meta:
+            return self.meta[P]
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        runner = self.runner
+        qsl = self.query_start_loc[: P + 1]
+        cm = CommonAttentionMetadata(
+            query_start_loc=qsl, query_start_loc_cpu=qsl.cpu(), seq_lens=self.seq_lens[:P], num_reqs=P,
+            num_actual_tokens=P, max_query_len=1, max_seq_len=runner.max_model_len,
+            block_table_tensor=self.block_table[:P], slot_mapping=self.slots[:P], causal=True)
+        wanted = set(self.layer_names)
+        attn, slots = {}, {}
+        for group in runner.spd_slices._attention_groups():
+            names = [name for name in group.layer_names if name in wanted]
+            if names:
+                meta = group.build_metadata(cm, fast_build=True)
+                for name in names:
+                    attn[name] = meta
+                    slots[name] = self.slots[:P]
+        if self.on_gpu:
+            self.meta[P] = (attn, slots)
+        return attn, slots
+
+    # -- graphs and timing --------------------------------------------------------------
+    @torch.inference_mode()
+    def capture(self) -> None:
+        for P in sorted(self.sizes, reverse=True):
+            self._capture(P)
+        logger.info("spd: captured device-cycle CUDA graphs for batch sizes %s", sorted(self.graphs))
+
+    def _capture(self, P: int) -> None:
+        """One graph of a whole cycle for ``P`` rows. Captured on dead rows (no KV
+        writes, no state change); replays read whatever the state holds then."""
+        st = self.state
+        saved = st.real.clone()
+        st.real.zero_()
+        self._cycle(P)                        # warm-up outside the capture
+        torch.cuda.synchronize()
+        if not hasattr(self, "_pool"):
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._cycle(P)
+        torch.cuda.synchronize()
+        st.real.copy_(saved)
+        self.graphs[P] = graph
+
+    def _timed_cycle(self, P: int) -> None:
+        """A cycle with host launch time and device time recorded (events around it)."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        self.graphs[P].replay()
+        end.record()
+        self.samples["host_us"].append(1e6 * (time.perf_counter() - t0))
+        self._events = getattr(self, "_events", []) + [(start, end)]
+
+    def timing_summary(self) -> dict:
+        """Medians of host launch time per cycle, device time per cycle, and the device's
+        idle time between consecutive cycles of a step; resets the samples."""
+        import statistics
+
+        torch.cuda.synchronize()
+        ev = getattr(self, "_events", [])
+        dev = [a.elapsed_time(b) for a, b in ev]
+        idle = [1000 * ev[i][1].elapsed_time(ev[i + 1][0]) for i in range(len(ev) - 1)
+                if (i + 1) % self.cycles_per_step]
+        out = {"cycles": len(dev),
+               "host_us_per_cycle": round(statistics.median(self.samples["host_us"]), 2) if dev else None,
+               "device_ms_per_cycle": round(statistics.median(dev), 4) if dev else None,
+               "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None}
+        self._events = []
+        self.samples = {"host_us": [], "device_ms": [], "idle_us": []}
+        return out
+
+
+def applies(runner) -> bool:
+    """Whether this deployment can use the device cycle at all: one worker, verdicts
+    without lag, the oracle drafter, not switched off."""
+    from vllm_spd import envs
+
+    cfg = runner.spd_cfg
+    return (envs.device_cycle() and runner.spd_link is None and cfg.verdict_lag == 0
+            and cfg.drafter == "oracle")
+
+
+def graphs_supported(runner) -> tuple[bool, str]:
+    """Whether the device cycle is captured: a GPU, CUDA graphs on, the deployment
+    served (:func:`applies`), and attention whose metadata replays for any batch in a
+    full graph (``AttentionCGSupport.ALWAYS``: FlashAttention 3, Triton)."""
+    from vllm_spd import envs
+
+    if runner.device.type != "cuda":
+        return False, "not a CUDA device"
+    if not applies(runner):
+        why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else \
+            "it serves one worker, verdict_lag 0 and the oracle drafter only"
+        return False, why
+    if runner.model_config.enforce_eager:
+        return False, "vLLM runs eagerly"
+    from vllm.v1.attention.backend import AttentionCGSupport
+
+    for group in runner.spd_slices._attention_groups():
+        builder = group.get_metadata_builder()
+        support = builder.get_cudagraph_support(runner.vllm_config, group.kv_cache_spec)
+        if support != AttentionCGSupport.ALWAYS:
+            return False, f"{type(builder).__name__} supports {support.name}, not ALWAYS"
+    return True, ""
