@@ -77,6 +77,21 @@ def _verify_graphs(worker, on):
     return r._bench_verify_graphs is not None
 
 
+def _device_cycle(worker, on):
+    """Switch the one-worker device cycle off (the host-driven cycle serves every step)
+    or back on; returns whether this worker has one."""
+    r = worker.model_runner
+    if not hasattr(r, "_bench_device"):
+        r._bench_device = r._spd_device_cycle()
+    r.spd_device = r._bench_device if on else None
+    return r._bench_device is not None
+
+
+def _device_timing(worker, on):
+    d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
+    return d.set_timing(on) if d is not None else {}
+
+
 def _timer(worker, on):
     t = worker.model_runner.spd_timer
     summary = t.summary()
@@ -165,6 +180,12 @@ def run_system(a) -> list[dict]:
         kw.update(tensor_parallel_size=n, distributed_executor_backend="mp")
     elif system == "ppn":
         kw.update(pipeline_parallel_size=n, distributed_executor_backend="mp")
+    elif system == "spd1":
+        rec = os.path.join(mdir, "oracle.json")
+        json.dump({}, open(rec, "w"))
+        kw.update(enforce_eager=a.spd_eager, speculative_config={
+            "method": "spd", "num_stages": n, "stage_placement": "single_worker", "drafter": "oracle",
+            "oracle_tokens": rec, "oracle_alpha": 0.0, "cycles_per_step": a.cycles_per_step, "verdict_lag": 0})
     elif system == "spd":
         split = stage_layers_for(a, cfg)
         head = os.path.join(mdir, "head")
@@ -185,7 +206,10 @@ def run_system(a) -> list[dict]:
     llm = LLM(**kw)
     start_s = round(time.perf_counter() - t0, 1)
     rows = []
-    base = dict(system=system, num_gpus=1 if system == "tp1" else n, engine_start_s=start_s)
+    base = dict(system=system, num_gpus=1 if system in ("tp1", "spd1") else n, engine_start_s=start_s)
+    if system == "spd1":
+        base["num_stages"] = n
+        return _one_worker_rows(llm, a, vocab, rec, base)
     if system == "spd":
         base["stage_layers"] = llm.llm_engine.vllm_config.speculative_config.stage_layers
         base["verdict_lag"] = llm.llm_engine.vllm_config.speculative_config.verdict_lag
@@ -229,6 +253,39 @@ def run_system(a) -> list[dict]:
     return rows
 
 
+def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
+    """All n stages in one worker on one GPU: the device cycle at every alpha (with its
+    host and device time per cycle), and the host-driven cycle in the same engine at
+    the first and last alpha, for comparison."""
+    from vllm_spd.oracle import save_recording
+
+    rows = []
+    for b in a.batch:
+        prompts = _prompts(vocab, b, a.input_len)
+        llm.collective_rpc(_set_oracle, args=(rec, 0.0, "oracle", False))
+        _, outs = _timed(llm, prompts, a.output_len)     # the greedy continuation (all drafts wrong)
+        save_recording(rec, prompts, outs)
+        for alpha in a.alphas:
+            llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", False))
+            for cycle in ("device", "host"):
+                if cycle == "host" and alpha not in (a.alphas[0], a.alphas[-1]):
+                    continue
+                llm.collective_rpc(_device_cycle, args=(cycle == "device",))
+                row = _speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha, "cycle": cycle})
+                if cycle == "device":
+                    llm.collective_rpc(_device_timing, args=(True,))
+                    _timed(llm, prompts, a.output_len)
+                    row["device_cycle_timing"] = llm.collective_rpc(_device_timing, args=(False,))[0]
+                    _, check = _timed(llm, prompts, a.output_len)
+                    row["output_matches_plain"] = check == outs
+                rows.append(row)
+            llm.collective_rpc(_device_cycle, args=(True,))
+    peak = llm.collective_rpc(_peak_memory)
+    for r in rows:
+        r["peak_mem_gib_per_rank"] = [round(x / 2**30, 2) for x in peak]
+    return rows
+
+
 # -- driver -------------------------------------------------------------------------------
 def _gpu_name() -> str:
     try:
@@ -245,6 +302,8 @@ def _label(r) -> str:
     if r["system"] in ("tpn", "ppn"):
         return f"plain {'TP' if r['system'] == 'tpn' else 'PP'}={n}"
     d = r["drafter"]
+    if r["system"] == "spd1":
+        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}"
     spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
         return f"{spd} oracle alpha={r['alpha']}" + (", eager verify" if r.get("verify") == "eager" else "")
@@ -261,13 +320,18 @@ def print_table(rows: list[dict]) -> None:
         alpha = r.get("measured_alpha")
         print(f"{_label(r):36s} {r['batch']:5d} {r['out_tok_s']:8.1f} {r['ms_per_token']:8.2f} {vs:7.2f} "
               f"{'' if alpha is None else f'{alpha:.2f}':>6s}  {r['peak_mem_gib_per_rank']}")
+        t = r.get("device_cycle_timing")
+        if t:
+            print(f"{'':8s}host {t['host_us_per_cycle']} us/cycle, device {t['device_ms_per_cycle']} ms/cycle, "
+                  f"idle {t['idle_us_between_cycles']} us between cycles; output = plain: {r['output_matches_plain']}")
         for rank, split in enumerate(r.get("cycle_split") or []):
             parts = " ".join(f"{k}={v:.3f}" for k, v in split["ms_per_cycle"].items())
             print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")
 
 
 def _settings(a) -> dict:
-    return dict(hardware=f"{a.num_stages}x {_gpu_name()}", config=os.path.basename(a.config),
+    gpus = 1 if set(getattr(a, "systems", ())) <= {"tp1", "spd1"} else a.num_stages
+    return dict(hardware=f"{gpus}x {_gpu_name()}", config=os.path.basename(a.config),
                 num_stages=a.num_stages, input_len=a.input_len, output_len=a.output_len, runs=a.runs,
                 dtype=a.dtype)
 
@@ -295,7 +359,11 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.6])
     ap.add_argument("--systems", nargs="+", default=["tp1", "tpn", "ppn", "spd"],
-                    choices=["tp1", "tpn", "ppn", "spd"])
+                    choices=["tp1", "tpn", "ppn", "spd", "spd1"],
+                    help="spd1: all stages in one worker on one GPU (the device cycle, and the host cycle "
+                         "for comparison)")
+    ap.add_argument("--one-gpu-stages", type=int, nargs="*", default=None,
+                    help="spd1: the num_stages values to run in one worker (default: --num-stages)")
     ap.add_argument("--cycles-per-step", type=int, default=64)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)
@@ -324,13 +392,16 @@ def main(argv=None) -> None:
         print("ROWS " + json.dumps(run_system(a)), flush=True)
         return
     rows = _earlier_rows(a) if a.append else []
-    for system in a.systems:
+    runs = [(system, []) for system in a.systems if system != "spd1"]
+    if "spd1" in a.systems:
+        runs += [("spd1", ["--num-stages", str(n)]) for n in (a.one_gpu_stages or [a.num_stages])]
+    for system, extra in runs:
         env = dict(os.environ)
-        if system == "tp1":
+        if system in ("tp1", "spd1"):
             visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
             env["CUDA_VISIBLE_DEVICES"] = visible
         cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-               "--system", system]
+               *extra, "--system", system]
         # Own process group, so a timed-out system takes its engine and workers with it.
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)

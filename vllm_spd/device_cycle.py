@@ -56,7 +56,8 @@ class DeviceCycle:
         P, dev = self.max_batch, runner.device
         self.state = CycleState.allocate(P, self.n, self.cycles_per_step, device=dev)
         H = runner.spd_hidden_size
-        self.hidden = torch.zeros(P, self.n + 1, H, dtype=runner.spd_dtype, device=dev)
+        #: [depth, row, H]: the hidden state (and residual) of each row's token of that depth
+        self.hidden = torch.zeros(self.n + 1, P, H, dtype=runner.spd_dtype, device=dev)
         self.residual = torch.zeros_like(self.hidden)
         #: the oracle's proposals for positions ``oracle_base + k``: a flush moves the head
         #: back by up to n - 1, then drafts go at most one position further per cycle
@@ -77,7 +78,7 @@ class DeviceCycle:
         self.steps = 0
         #: with ``timing`` on, per cycle (host launch seconds, device ms) and idle ms between cycles
         self.timing = False
-        self.samples: dict[str, list[float]] = {"host_us": [], "device_ms": [], "idle_us": []}
+        self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_cycles": []}
 
     # -- which steps it serves ---------------------------------------------------------
     def serves(self, reqs) -> bool:
@@ -99,9 +100,12 @@ class DeviceCycle:
         reqs = [runner.spd_requests[req_id] for _, req_id, _ in work]
         B = len(reqs)
         P = self.padded(B)
-        self._load(work, reqs, P)
-        for _ in range(self.cycles_per_step):
-            if self.timing and P in self.graphs:
+        t0 = time.perf_counter()
+        cycles = self._load(work, reqs, P)
+        host = time.perf_counter() - t0
+        timed = self.timing and P in self.graphs
+        for _ in range(cycles):
+            if timed:
                 self._timed_cycle(P)
             elif P in self.graphs:
                 self.graphs[P].replay()
@@ -110,8 +114,15 @@ class DeviceCycle:
         st = self.state
         out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
                          torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
-                                      st.accepted], 1)[:B]], 1).cpu()   # the step's one read
-        snap = torch.stack([self.hidden[:B], self.residual[:B]]).clone()
+                                      st.accepted], 1)[:B]], 1)
+        if timed:
+            t1 = time.perf_counter()
+            out = out.cpu()           # the step's one read: waits for the device
+            t0 = time.perf_counter()
+            host += t0 - t1           # queueing the read
+        else:
+            out = out.cpu()
+        snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
         W, K = self.n + 1, self.cycles_per_step
         committed = {}
         for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
@@ -126,16 +137,21 @@ class DeviceCycle:
             committed[req_id] = kept
             stats[req_id] = StepStats(cycles, verified, accepted, ring_len)
         self.steps += 1
+        if timed:
+            self.samples["step_host_us"].append(1e6 * (host + time.perf_counter() - t0))
+            self.samples["step_cycles"].append(cycles)
         return committed
 
-    def _load(self, work, reqs, P) -> None:
-        """The batch's windows, gates, step limits and carried hidden states into the state."""
+    def _load(self, work, reqs, P) -> int:
+        """The batch's windows, gates, step limits and carried hidden states into the
+        state; returns how many cycles to launch."""
         runner = self.runner
         st, n, W = self.state, self.n, self.n + 1
         S, M = st.stop_ids.shape[1], st.mask_ids.shape[1]
         rows = []
         hid, res, at = [], [], []
         proposals, bases = [], []
+        need = 0
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
             if len(win) > W:
@@ -150,12 +166,15 @@ class DeviceCycle:
             limit = min(runner.max_model_len, blocks * self.block_size)
             room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
             g = req.gate
+            budget = min(num_sched, max(room, 0))
+            if not g.stopped:
+                need = max(need, min(budget, g.max_tokens - g.num_output))
             rows.append([e.token for e in win] + [0] * (W - len(win))
                         + [e.depth for e in win] + [0] * (W - len(win))
                         + stop + [-1] * (S - len(stop))
                         + (mask + [mask[0]] * (M - len(mask)) if mask else [0] * M)
                         + [win[0].pos, len(win), req.pipe.committed_len, g.min_tokens, min(g.max_tokens, 1 << 62),
-                           g.num_output, int(g.stopped), limit, min(num_sched, max(room, 0))])
+                           g.num_output, int(g.stopped), limit, budget])
             for e in win:
                 if 1 <= e.depth <= n and e.pos in req.carry:
                     h, r = req.carry[e.pos]
@@ -187,14 +206,17 @@ class DeviceCycle:
         st.stopped[B:P] = 1
         if at:
             ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
-            self.hidden[ix[:, 0], ix[:, 1]] = torch.stack(hid).to(self.hidden.dtype)
-            self.residual[ix[:, 0], ix[:, 1]] = torch.stack(res).to(self.residual.dtype)
+            self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
+            self.residual[ix[:, 1], ix[:, 0]] = torch.stack(res).to(self.residual.dtype)
         table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
         self.block_table[:B].copy_(table, non_blocking=True)
         self.block_table[B:P].zero_()
         if proposals:   # the oracle's proposal for every position a draft can take this step
             self.oracle[:B].copy_(torch.tensor(proposals), non_blocking=True)
             self.oracle_base[:B].copy_(torch.tensor(bases), non_blocking=True)
+        # Cycles to launch: every row's commits this step, plus the n cycles its first
+        # commit may take; a row short of its budget after rejections goes on next step.
+        return min(self.cycles_per_step, need + self.n) if need > 0 else 0
 
     def _store(self, req, snap, b, tok, depth, head, wlen, committed_len) -> None:
         """The row's window and carried hidden states back into the request's state."""
@@ -202,7 +224,7 @@ class DeviceCycle:
 
         req.pipe.window = [InFlight(head - j, tok[j], depth[j]) for j in range(wlen)]
         req.pipe.committed_len = committed_len
-        req.carry = {e.pos: (snap[0, b, e.depth], snap[1, b, e.depth])
+        req.carry = {e.pos: (snap[0, e.depth, b], snap[1, e.depth, b])
                      for e in req.pipe.window if 1 <= e.depth <= self.n}
         req.anchors.clear()
         req.draft_q.clear()
@@ -221,12 +243,12 @@ class DeviceCycle:
             if s == 0:
                 hidden, residual = tm.embed_input_ids(tok), None
             else:
-                hidden, residual = self.hidden[:P, s], self.residual[:P, s]
+                hidden, residual = self.hidden[s, :P], self.residual[s, :P]
             first, last = lay.ranges[s]
             hidden, residual = self._run_layers(tm, first, last, P, hidden, residual)
-            self.hidden[:P, s + 1].copy_(hidden)
-            self.residual[:P, s + 1].copy_(residual)
-        normed, _ = tm.norm(self.hidden[:P, self.n], self.residual[:P, self.n])
+            self.hidden[s + 1, :P].copy_(hidden)
+            self.residual[s + 1, :P].copy_(residual)
+        normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
         logits = model.compute_logits(normed)
         part.mask_min_tokens(logits)
         target = logits.argmax(dim=-1)
@@ -315,25 +337,39 @@ class DeviceCycle:
         start.record()
         self.graphs[P].replay()
         end.record()
-        self.samples["host_us"].append(1e6 * (time.perf_counter() - t0))
-        self._events = getattr(self, "_events", []) + [(start, end)]
+        self.samples["launch_us"].append(1e6 * (time.perf_counter() - t0))
+        self._events.append((start, end))
 
-    def timing_summary(self) -> dict:
-        """Medians of host launch time per cycle, device time per cycle, and the device's
-        idle time between consecutive cycles of a step; resets the samples."""
+    def set_timing(self, on: bool) -> dict:
+        """Switch per-cycle timing on or off; returns what was measured since it was last
+        switched: the host's time per cycle (graph launches, plus each step's load and
+        read-back spread over its cycles, the wait for the device excluded), the device's
+        time per cycle (CUDA events around each launch) and its idle time between
+        consecutive cycles of a step (from one cycle's end event to the next one's start)."""
         import statistics
 
-        torch.cuda.synchronize()
+        out = {}
         ev = getattr(self, "_events", [])
-        dev = [a.elapsed_time(b) for a, b in ev]
-        idle = [1000 * ev[i][1].elapsed_time(ev[i + 1][0]) for i in range(len(ev) - 1)
-                if (i + 1) % self.cycles_per_step]
-        out = {"cycles": len(dev),
-               "host_us_per_cycle": round(statistics.median(self.samples["host_us"]), 2) if dev else None,
-               "device_ms_per_cycle": round(statistics.median(dev), 4) if dev else None,
-               "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None}
+        if ev:
+            torch.cuda.synchronize()
+            dev = [a.elapsed_time(b) for a, b in ev]
+            bounds, at = set(), 0
+            for c in self.samples["step_cycles"]:
+                at += c
+                bounds.add(at)
+            idle = [1000 * ev[i][1].elapsed_time(ev[i + 1][0]) for i in range(len(ev) - 1) if i + 1 not in bounds]
+            cycles = sum(self.samples["step_cycles"])
+            host = sum(self.samples["launch_us"]) + sum(self.samples["step_host_us"])
+            out = {"cycles": cycles, "steps": len(self.samples["step_cycles"]),
+                   "host_us_per_cycle": round(host / max(cycles, 1), 2),
+                   "launch_us_per_cycle": round(statistics.median(self.samples["launch_us"]), 2),
+                   "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
+                   "device_ms_per_cycle": round(statistics.median(dev), 4),
+                   "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None,
+                   "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None}
+        self.timing = on
         self._events = []
-        self.samples = {"host_us": [], "device_ms": [], "idle_us": []}
+        self.samples = {"launch_us": [], "step_host_us": [], "step_cycles": []}
         return out
 
 
