@@ -23,6 +23,7 @@ class Reference:
         stop = {rng.randrange(VOCAB)} if rng.random() < 0.7 else set()
         self.gate = CommitGate(stop, stop, min_tokens=rng.randrange(0, 6), max_tokens=rng.randrange(4, 60))
         self.limit = 10 ** 6
+        self.pending = False
 
 
 def load(st, b, ref: Reference, budget):
@@ -58,6 +59,7 @@ def test_device_state_matches_reference(num_stages, seed):
         st.ring_len.zero_(), st.cycles.zero_(), st.verified.zero_(), st.accepted.zero_()
         ref_commits = [[] for _ in range(B)]
         ref_stats = [[0, 0, 0] for _ in range(B)]
+        st.pending[:B] = torch.tensor([int(r.pending) for r in refs])
         for _ in range(C):
             live = st.live()
             # the reference's decision of who runs, and what each stage runs
@@ -77,6 +79,7 @@ def test_device_state_matches_reference(num_stages, seed):
                 if not active[b]:
                     continue
                 ref_stats[b][0] += 1
+                r.pending = False
                 want = r.pipe.draft_pos < r.limit
                 r.pipe.advance(int(drafts[b]) if want else None)
                 done = r.pipe.completing()
@@ -91,6 +94,7 @@ def test_device_state_matches_reference(num_stages, seed):
                     targets[b] = (targets[b] + 1) % VOCAB    # the target never picks a masked id
                 accepted = cand is not None and cand.token == int(targets[b])
                 out = r.pipe.resolve(accepted, int(targets[b]))
+                r.pending = True
                 ref_stats[b][1] += int(out.verified)
                 ref_stats[b][2] += int(out.accepted)
                 ref_commits[b] += r.gate.admit(out.committed)
@@ -102,6 +106,7 @@ def test_device_state_matches_reference(num_stages, seed):
             win = [(int(st.head[b]) - j, int(st.tok[b, j]), int(st.depth[b, j])) for j in range(int(st.wlen[b]))]
             assert win == [(e.pos, e.token, e.depth) for e in r.pipe.window], (step, b)
             assert int(st.committed_len[b]) == r.pipe.committed_len
+            assert bool(st.pending[b]) == r.pending
             assert int(st.num_output[b]) == r.gate.num_output and bool(st.stopped[b]) == r.gate.stopped
         assert st.ring_len[B:].eq(0).all() and st.cycles[B:].eq(0).all()
 

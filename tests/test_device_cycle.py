@@ -87,3 +87,40 @@ def test_device_cycle_stops_match_plain(tiny_qwen3, recorded):
     assert [w[1] for i, w in enumerate(want) if i % 3 != 1] == ["stop", "length"] * 2
     for i in (1, 4):   # min_tokens held the stop token back past its first greedy occurrence
         assert len(want[i][0]) > reference[i].index(params[i].stop_token_ids[0]) + 1
+
+
+@pytest.fixture(scope="module")
+def predictable(tiny_qwen3, tmp_path_factory):
+    from vllm import SamplingParams
+
+    from spd_models import predictable_target
+
+    target = predictable_target(tiny_qwen3, str(tmp_path_factory.mktemp("pt") / "target"))
+    outs, _, _ = run(target, None, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True))
+    return target, [list(o.outputs[0].token_ids) for o in outs]
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_device_cycle_draft_module_matches_plain_and_host_cycle(predictable, num_stages, tmp_path, monkeypatch):
+    """The draft module drafting inside the device cycle (anchors in a ring on the device,
+    its rows at fixed shapes): exact output, and the same drafts and verdicts as the host
+    cycle's, with a head whose drafts are mostly right and read earlier rows."""
+    from vllm import SamplingParams
+
+    from spd_models import mirror_head
+
+    target, reference = predictable
+    head = mirror_head(target, num_stages, str(tmp_path / "head"), context=0.05)
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": num_stages, "model": head}
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
+        outs, counters, steps = run(target, spec, sp)
+        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+        results[switch] = (counters, steps)
+    (on, steps_on), (off, steps_off) = results["1"], results["0"]
+    assert steps_on and steps_off is None
+    assert on == off
+    alpha = on["vllm:spec_decode_num_accepted_tokens"] / on["vllm:spec_decode_num_draft_tokens"]
+    assert 0.3 < alpha < 0.98, alpha

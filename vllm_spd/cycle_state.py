@@ -11,7 +11,8 @@ Per batch row (a request, or a padding row that never moves):
 - the *window* of in-flight tokens: slot ``j`` holds position ``head - j`` for
   ``j < wlen`` (newest first, contiguous positions), with its token and *depth*
   (stages completed); ``epoch`` counts the flushes;
-- ``committed_len``: positions below it are committed;
+- ``committed_len``: positions below it are committed; ``pending``: the token just
+  before the window completed in the row's last cycle (the draft module's next row);
 - the stop gate: stop ids, ``min_tokens``/``max_tokens``, outputs so far, ``stopped``;
 - per engine step: ``limit`` (first position without a KV slot), ``budget`` (most
   commits this step) and the *ring* of tokens committed this step, read once per step.
@@ -46,6 +47,7 @@ class CycleState:
     wlen: torch.Tensor           # [B] window length
     epoch: torch.Tensor          # [B] flushes so far
     committed_len: torch.Tensor  # [B]
+    pending: torch.Tensor        # [B] 0/1: the token before the window completed in the row's last cycle
     stop_ids: torch.Tensor       # [B, S] stop token ids (EOS unless ignore_eos, stop_token_ids); -1 pads
     mask_ids: torch.Tensor       # [B, M] ids masked while num_output < min_tokens (padded by repeats)
     min_tokens: torch.Tensor     # [B]
@@ -153,6 +155,8 @@ class CycleState:
         self.ring_len.add_(a)
         self.num_output.copy_(num_output)
         self.stopped.copy_(self.stopped | stop.to(I64))
+        # the draft module writes the full-depth row of a completed token in the row's next cycle
+        self.pending.copy_(torch.where(live, done.to(I64), self.pending))
         self.cycles.add_(live.to(I64))
         self.verified.add_((done & has_cand).to(I64))
         self.accepted.add_(ok.to(I64))

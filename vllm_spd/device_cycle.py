@@ -73,7 +73,13 @@ class DeviceCycle:
         self.slots = torch.full((P,), -1, dtype=torch.int64, device=dev)
         tm = runner.get_model().model
         self.layer_names = [runner.spd_slices.layer_names[i] for i in range(tm.start_layer, tm.end_layer)]
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.drafts = None
+        if runner.spd_pdm is not None:
+            from vllm_spd.device_draft import DeviceDrafts
+
+            self.drafts = DeviceDrafts(runner, P)
+        #: (padded batch, drafting mode) -> the graph of one cycle
+        self.graphs: dict[tuple[int, str], torch.cuda.CUDAGraph] = {}
         self.meta: dict[int, tuple[dict, dict]] = {}
         self.steps = 0
         #: with ``timing`` on, per cycle (host launch seconds, device ms) and idle ms between cycles
@@ -83,10 +89,20 @@ class DeviceCycle:
     # -- which steps it serves ---------------------------------------------------------
     def serves(self, reqs) -> bool:
         r = self.runner
-        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and r.spd_cfg.drafter == "oracle"
-                and (r.spd_pdm is None or not r.spd_price_pdm)
+        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and self.mode() is not None
                 and len(reqs) <= self.max_batch and all(q.sampling.greedy for q in reqs)
                 and all(q.early is None for q in reqs))
+
+    def mode(self) -> str | None:
+        """How this step drafts: ``oracle``, ``oracle+pdm`` (the oracle proposes, the draft
+        module runs unused, to price it), ``head`` (the draft module proposes); None: a
+        drafter the device cycle does not run (n-gram, hybrid)."""
+        r = self.runner
+        if r.spd_cfg.drafter == "oracle":
+            return "oracle+pdm" if r.spd_pdm is not None and r.spd_price_pdm else "oracle"
+        if r.spd_cfg.drafter == "head" and r.spd_pdm is not None:
+            return "head"
+        return None
 
     def padded(self, b: int) -> int:
         """Rows a step runs on: the smallest captured batch size that holds ``b``."""
@@ -102,19 +118,23 @@ class DeviceCycle:
         P = self.padded(B)
         t0 = time.perf_counter()
         cycles = self._load(work, reqs, P)
+        mode = self.mode()
+        graph = self.graphs.get((P, mode))
+        if graph is None and self.graphs:          # captured for another drafting mode: capture this one
+            graph = self._capture(P, mode)
         host = time.perf_counter() - t0
-        timed = self.timing and P in self.graphs
+        timed = self.timing and graph is not None
         for _ in range(cycles):
             if timed:
-                self._timed_cycle(P)
-            elif P in self.graphs:
-                self.graphs[P].replay()
+                self._timed_cycle(graph)
+            elif graph is not None:
+                graph.replay()
             else:
-                self._cycle(P)
+                self._cycle(P, mode)
         st = self.state
         out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
                          torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
-                                      st.accepted], 1)[:B]], 1)
+                                      st.accepted, st.pending], 1)[:B]], 1)
         if timed:
             t1 = time.perf_counter()
             out = out.cpu()           # the step's one read: waits for the device
@@ -123,13 +143,16 @@ class DeviceCycle:
         else:
             out = out.cpu()
         snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
+        anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone() if self.drafts is not None else None
         W, K = self.n + 1, self.cycles_per_step
         committed = {}
         for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
             row = out[b].tolist()
             tok, depth, ring, tail = row[:W], row[W:2 * W], row[2 * W:2 * W + K], row[2 * W + K:]
-            head, wlen, committed_len, ring_len, cycles, verified, accepted = tail
+            head, wlen, committed_len, ring_len, cycles, verified, accepted, pending = tail
             self._store(req, snap, b, tok, depth, head, wlen, committed_len)
+            if anchors is not None:
+                self.drafts.store(req, b, anchors, bool(pending))
             kept = runner._spd_commit(idx, req, ring[:ring_len])
             if len(kept) != ring_len:
                 raise RuntimeError(f"spd: the device gate committed {ring_len} tokens for request {req_id}, "
@@ -151,6 +174,7 @@ class DeviceCycle:
         rows = []
         hid, res, at = [], [], []
         proposals, bases = [], []
+        anchor_rows, pending = [], []
         need = 0
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
@@ -181,6 +205,12 @@ class DeviceCycle:
                     hid.append(h)
                     res.append(r)
                     at.append((b, e.depth))
+            if self.drafts is not None:
+                self.drafts.load(b, req, anchor_rows)
+            if req.pending is not None and req.pending != win[-1].pos - 1:
+                raise RuntimeError(f"spd: request {req_id}'s pending draft row {req.pending} is not just before "
+                                   f"its window ({win[-1].pos})")
+            pending.append(int(req.pending is not None))
             if runner.spd_cfg.drafter == "oracle":
                 prompt = state.prompt_token_ids
                 oracle = runner._spd_oracle()
@@ -204,6 +234,9 @@ class DeviceCycle:
         for name in ("ring_len", "cycles", "verified", "accepted"):
             getattr(st, name).zero_()
         st.stopped[B:P] = 1
+        st.pending[:B].copy_(torch.tensor(pending), non_blocking=True)
+        if self.drafts is not None:
+            self.drafts.load_done(anchor_rows, st, B, runner._spd_embed)
         if at:
             ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
@@ -230,13 +263,16 @@ class DeviceCycle:
         req.draft_q.clear()
 
     # -- one cycle (what a graph holds) ----------------------------------------------------
-    def _cycle(self, P: int) -> None:
+    def _cycle(self, P: int, mode: str) -> None:
         runner = self.runner
         model = runner.get_model()
         tm = model.model
         lay = runner.spd_layout
         part = self.state.rows(P)
         live = part.live()
+        drafts = self.drafts if mode in ("head", "oracle+pdm") else None
+        if drafts is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
+            proposed = drafts.draft(part, live, self.block_table, self.block_size)
         for s in reversed(range(self.n)):
             runs, tok, pos = part.stage_rows(s, live)
             self._write_metadata(P, runs, pos)
@@ -245,16 +281,21 @@ class DeviceCycle:
             else:
                 hidden, residual = self.hidden[s, :P], self.residual[s, :P]
             first, last = lay.ranges[s]
-            hidden, residual = self._run_layers(tm, first, last, P, hidden, residual)
+            capture = {k for _, k in drafts.stage_anchors[s]} if drafts is not None else ()
+            hidden, residual, caught = self._run_layers(tm, first, last, P, hidden, residual, capture)
+            if drafts is not None:
+                drafts.stage_done(s, caught, pos, runs)
             self.hidden[s + 1, :P].copy_(hidden)
             self.residual[s + 1, :P].copy_(residual)
         normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
         logits = model.compute_logits(normed)
         part.mask_min_tokens(logits)
         target = logits.argmax(dim=-1)
-        part.advance(live, self._draft(P), target)
+        part.advance(live, proposed if mode == "head" else self._oracle_draft(P), target)
+        if drafts is not None:
+            drafts.entered(part, live, runner._spd_embed)
 
-    def _draft(self, P: int) -> torch.Tensor:
+    def _oracle_draft(self, P: int) -> torch.Tensor:
         st = self.state
         k = (st.head[:P] + 1 - self.oracle_base[:P]).clamp(0, self.oracle_span - 1)
         return self.oracle[:P].gather(1, k[:, None])[:, 0]
@@ -269,73 +310,66 @@ class DeviceCycle:
         self.seq_lens[:P].copy_(torch.where(ok, p + 1, torch.ones_like(p)).to(torch.int32))
         self.slots[:P].copy_(torch.where(ok, block * self.block_size + p % self.block_size, torch.full_like(p, -1)))
 
-    def _run_layers(self, tm, first, last, P, hidden, residual):
+    def _run_layers(self, tm, first, last, P, hidden, residual, capture=()):
+        """Layers ``first..last-1``; anchor k in ``capture`` is ``hidden + residual`` after
+        layer k-1. Returns ``(hidden, residual, {k: anchor})``."""
         from vllm.forward_context import set_forward_context
 
         attn, slots = self._metadata(P)
         positions = self.positions[:P]
+        caught = {}
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=P, slot_mapping=slots):
             for i in range(first, last):
                 hidden, residual = tm.layers[i](positions, hidden, residual)
-        return hidden, residual
+                if i + 1 in capture:
+                    caught[i + 1] = hidden + residual
+        return hidden, residual, caught
 
     def _metadata(self, P: int):
-        """Every layer's attention metadata over the persistent buffers: built once per
-        batch size on a GPU (fixed upper bounds), every stage on CPU (the CPU backend
-        plans on the host)."""
+        """Every target layer's attention metadata over the persistent buffers: built once
+        per batch size on a GPU, every stage on CPU (``SliceRunner.device_metadata``)."""
         if P in self.meta:
             return self.meta[P]
-        from vllm.v1.attention.backend import CommonAttentionMetadata
-
-        runner = self.runner
-        qsl = self.query_start_loc[: P + 1]
-        cm = CommonAttentionMetadata(
-            query_start_loc=qsl, query_start_loc_cpu=qsl.cpu(), seq_lens=self.seq_lens[:P], num_reqs=P,
-            num_actual_tokens=P, max_query_len=1, max_seq_len=runner.max_model_len,
-            block_table_tensor=self.block_table[:P], slot_mapping=self.slots[:P], causal=True)
-        wanted = set(self.layer_names)
-        attn, slots = {}, {}
-        for group in runner.spd_slices._attention_groups():
-            names = [name for name in group.layer_names if name in wanted]
-            if names:
-                meta = group.build_metadata(cm, fast_build=True)
-                for name in names:
-                    attn[name] = meta
-                    slots[name] = self.slots[:P]
+        meta = self.runner.spd_slices.device_metadata(
+            self.layer_names, self.query_start_loc[: P + 1], self.seq_lens[:P], self.block_table[:P],
+            self.slots[:P], max_query_len=1, max_seq_len=self.runner.max_model_len)
         if self.on_gpu:
-            self.meta[P] = (attn, slots)
-        return attn, slots
+            self.meta[P] = meta
+        return meta
 
     # -- graphs and timing --------------------------------------------------------------
     @torch.inference_mode()
     def capture(self) -> None:
+        mode = self.mode()
         for P in sorted(self.sizes, reverse=True):
-            self._capture(P)
-        logger.info("spd: captured device-cycle CUDA graphs for batch sizes %s", sorted(self.graphs))
+            self._capture(P, mode)
+        logger.info("spd: captured device-cycle CUDA graphs (%s drafts) for batch sizes %s", mode, self.sizes)
 
-    def _capture(self, P: int) -> None:
+    @torch.inference_mode()
+    def _capture(self, P: int, mode: str):
         """One graph of a whole cycle for ``P`` rows. Captured on dead rows (no KV
         writes, no state change); replays read whatever the state holds then."""
         st = self.state
         saved = st.real.clone()
         st.real.zero_()
-        self._cycle(P)                        # warm-up outside the capture
+        self._cycle(P, mode)                  # warm-up outside the capture
         torch.cuda.synchronize()
         if not hasattr(self, "_pool"):
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._cycle(P)
+            self._cycle(P, mode)
         torch.cuda.synchronize()
         st.real.copy_(saved)
-        self.graphs[P] = graph
+        self.graphs[(P, mode)] = graph
+        return graph
 
-    def _timed_cycle(self, P: int) -> None:
+    def _timed_cycle(self, graph) -> None:
         """A cycle with host launch time and device time recorded (events around it)."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         t0 = time.perf_counter()
         start.record()
-        self.graphs[P].replay()
+        graph.replay()
         end.record()
         self.samples["launch_us"].append(1e6 * (time.perf_counter() - t0))
         self._events.append((start, end))
@@ -380,7 +414,7 @@ def applies(runner) -> bool:
 
     cfg = runner.spd_cfg
     return (envs.device_cycle() and runner.spd_link is None and cfg.verdict_lag == 0
-            and cfg.drafter == "oracle")
+            and (cfg.drafter == "oracle" or (cfg.drafter == "head" and runner.spd_pdm is not None)))
 
 
 def graphs_supported(runner) -> tuple[bool, str]:
@@ -393,7 +427,7 @@ def graphs_supported(runner) -> tuple[bool, str]:
         return False, "not a CUDA device"
     if not applies(runner):
         why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else \
-            "it serves one worker, verdict_lag 0 and the oracle drafter only"
+            "it serves one worker, verdict_lag 0 and the head or oracle drafter only"
         return False, why
     if runner.model_config.enforce_eager:
         return False, "vLLM runs eagerly"

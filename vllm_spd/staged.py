@@ -130,7 +130,23 @@ class SliceRunner:
         cm, positions = self._common_metadata(chunks, pad_to)
         return (*self._per_layer(cm, layer_names), positions)
 
-    def _per_layer(self, cm, layer_names: list[str]):
+    def device_metadata(self, layer_names: list[str], query_start_loc, seq_lens, block_table, slot_mapping,
+                        max_query_len: int, max_seq_len: int):
+        """Per-layer metadata over device buffers that the device writes itself (the
+        device cycle): fixed upper bounds for the lengths, and no scheduling planned from
+        their contents on the host (``fast_build``: FlashAttention 3 schedules inside its
+        own launch), so the metadata stays valid for whatever the buffers hold later. The
+        CPU backend plans from the contents: there it must be built again after each write."""
+        from vllm.v1.attention.backend import CommonAttentionMetadata
+
+        num_reqs = seq_lens.shape[0]
+        cm = CommonAttentionMetadata(
+            query_start_loc=query_start_loc, query_start_loc_cpu=query_start_loc.cpu(), seq_lens=seq_lens,
+            num_reqs=num_reqs, num_actual_tokens=slot_mapping.shape[0], max_query_len=max_query_len,
+            max_seq_len=max_seq_len, block_table_tensor=block_table, slot_mapping=slot_mapping, causal=True)
+        return self._per_layer(cm, layer_names, fast_build=True)
+
+    def _per_layer(self, cm, layer_names: list[str], fast_build: bool = False):
         """Each layer's attention metadata built from ``cm`` (once per attention group),
         and its slot mapping."""
         wanted = set(layer_names)
@@ -139,7 +155,7 @@ class SliceRunner:
             names = [n for n in attn_group.layer_names if n in wanted]
             if not names:
                 continue
-            meta = attn_group.build_metadata(cm)
+            meta = attn_group.build_metadata(cm, fast_build=True) if fast_build else attn_group.build_metadata(cm)
             for n in names:
                 attn[n] = meta
                 slots[n] = cm.slot_mapping
