@@ -25,7 +25,7 @@ clean-models:
 # default head location ($VLLM_SPD_CACHE/heads/<target dir with / -> -->/s<n>), where
 # `make demo` finds them. Prompts: vllm_spd.train.prompts (never MT-Bench/HumanEval);
 # data: SmolLM2's own greedy answers to the first 800 of them (self-distillation).
-# Results: benchmarks/results/acceptance_smollm2_s{2,4}.json, see benchmarks/README.md.
+# Results: benchmarks/results/acceptance_smollm2_s2.json and _s4_600steps.json, see docs/training.md.
 HEAD_TRAIN_ARGS = --draft-layers 1 --draft-vocab-size 8192 --max-length 384 --batch-size 4 --lr 1e-3 \
 	--eval-every 50 --eval-fraction 0.03 --log-every 5 --seed 0 --no-progress
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """SPD acceptance inside vLLM: per-draft alpha, tokens per cycle, ideal speedup.
 
     python benchmarks/acceptance.py --target DIR --head DIR --num-stages 4 \\
@@ -16,7 +17,7 @@ each run:
   corrected token plus n-1 empty cycles, n-1 fill cycles after the prompt) and
   ``cycles_source`` says "model";
 - ``tokens_per_cycle`` = output tokens / cycles, where output tokens include the first
-  token, sampled at the end of prefill (the reference's ``acceptance_rate``);
+  token, sampled at the end of prefill (the SPD paper's reference code's ``acceptance_rate``);
   ``n_x_tokens_per_cycle`` is the speedup that implies when one cycle costs 1/n of a
   plain decode step;
 - ``ideal_speedup`` = n / (1 + (n-1)(1-alpha)), the steady-state model.

@@ -4,7 +4,7 @@
 #   bash benchmarks/run_decode_speed.sh [OUT_DIR] [extra decode_speed.py args...]
 # NS picks the stage counts (default "2 4"), SYSTEMS the systems (default all four).
 # Rows are appended to OUT_DIR/decode_speed_n<N>.json when it holds a run of the same
-# settings, so the systems of one session can be split over several shorter calls
+# settings, so the systems of one run can be split over several shorter calls
 # (engine starts dominate: about 150 s for SPD and 100 s for plain vLLM on a fresh host).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
