@@ -54,6 +54,7 @@ class Recorder(SPDRunnerMixin):
         req = SPDRequest("r", RequestPipeline(2 + lag, token=7, pos=5), sampling=None)
         req.gate = CommitGate(set(), set(), 0, 1 << 30)
         self.spd_requests = {"r": req}
+        self.spd_device = None     # the host-driven cycle (device_cycle.py has no such order)
 
     def _spd_post_receives(self, plan):
         self.log.append("post_receives")

@@ -13,6 +13,7 @@ import torch
 
 from spd_models import mirror_head, predictable_target
 from vllm_spd import runner as spd_runner
+from vllm_spd import verify
 from vllm_spd.head import init_head
 
 PROMPT = "def fibonacci(n):"
@@ -81,6 +82,11 @@ def always_accept(logits, drafts, qs, samplings, draft_vocab):
     return accepted, torch.where(accepted, d, logits.argmax(-1))
 
 
+def always_accept_sampled(p, draft_ids, q, draft_token_ids, generators=None, uniform=None, noise=None):
+    accepted = draft_ids >= 0
+    return accepted, torch.where(accepted, draft_ids, p.argmax(-1))
+
+
 @pytest.fixture(scope="module")
 def predictable(tiny_qwen3, tmp_path_factory):
     return predictable_target(tiny_qwen3, str(tmp_path_factory.mktemp("pt") / "target"))
@@ -90,11 +96,14 @@ def predictable(tiny_qwen3, tmp_path_factory):
 # head's are mostly accepted (the accept path). Breaking verification is detectable
 # with the random head, whose proposal differs from the target by construction.
 # verdict_lag 1 computes each verdict a cycle before it takes effect (and drops those a
-# flush overtakes): the law must not change.
-@pytest.mark.parametrize("head_kind, broken, lag", [("random_head", False, 0), ("mirror_head", False, 0),
-                                                     ("random_head", True, 0), ("random_head", False, 1),
-                                                     ("mirror_head", False, 1)])
-def test_sampled_output_follows_target(head_kind, broken, lag, tiny_qwen3, predictable, tmp_path, monkeypatch):
+# flush overtakes): the law must not change. With verdict_lag 0 the device cycle serves
+# (draws keyed on seed and position), unless switched off (the host cycle, generators).
+@pytest.mark.parametrize("head_kind, broken, lag, cycle", [
+    ("random_head", False, 0, "device"), ("mirror_head", False, 0, "device"), ("random_head", True, 0, "device"),
+    ("random_head", False, 0, "host"), ("random_head", True, 0, "host"),
+    ("random_head", False, 1, "host"), ("mirror_head", False, 1, "host")])
+def test_sampled_output_follows_target(head_kind, broken, lag, cycle, tiny_qwen3, predictable, tmp_path,
+                                       monkeypatch):
     head = str(tmp_path / "head")
     if head_kind == "random_head":
         model = tiny_qwen3
@@ -102,8 +111,11 @@ def test_sampled_output_follows_target(head_kind, broken, lag, tiny_qwen3, predi
     else:
         model = predictable
         mirror_head(model, 2, head)
-    if broken:
+    monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", "1" if cycle == "device" else "0")
+    if broken and cycle == "host":
         monkeypatch.setattr(spd_runner, "verify_drafts", always_accept)
+    elif broken:   # breaks the device cycle's verification only: caught only if it served
+        monkeypatch.setattr(verify, "verify_sampled", always_accept_sampled)
     prompt_ids, pairs, metrics = sample_pairs(model, {"method": "spd", "num_stages": 2, "model": head,
                                                       "verdict_lag": lag})
     pvalue = chi_square_pvalue(pairs, exact_pair_law(model, prompt_ids))

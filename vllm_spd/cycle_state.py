@@ -108,10 +108,15 @@ class CycleState:
         cur = logits.gather(1, self.mask_ids)
         logits.scatter_(1, self.mask_ids, torch.where(on, torch.full_like(cur, float("-inf")), cur))
 
-    def advance(self, live: torch.Tensor, draft: torch.Tensor, target: torch.Tensor) -> None:
+    def advance(self, live: torch.Tensor, draft: torch.Tensor, target) -> None:
         """One cycle's bookkeeping after the stages ran: ``draft`` [B] enters, the
         completing token's ``target`` [B] (the target's token after it) gives the
-        verdict, the gate admits the commit, the ring records it."""
+        verdict, the gate admits the commit, the ring records it.
+
+        ``target`` may be a function ``(candidate [B], position [B]) -> [B]`` of the
+        token it judges (-1 where the completing token has no successor) and that
+        token's position: sampled verification returns the candidate where it accepts
+        it and the corrected token elsewhere."""
         n = self.num_stages
         W = n + 1
         ar = torch.arange(W, device=self.tok.device)
@@ -131,6 +136,8 @@ class CycleState:
         done_pos = head - oldest[:, 0]
         has_cand = wlen >= 2
         cand = tok.gather(1, (oldest - 1).clamp(min=0))[:, 0]
+        if callable(target):
+            target = target(torch.where(has_cand, cand, torch.full_like(cand, -1)), done_pos + 1)
         ok = done & has_cand & (cand == target)
         flush = done & ~ok
         f = flush[:, None]

@@ -78,7 +78,13 @@ class DeviceCycle:
             from vllm_spd.device_draft import DeviceDrafts
 
             self.drafts = DeviceDrafts(runner, P)
-        #: (padded batch, drafting mode) -> the graph of one cycle
+        #: per row: temperature, top_k, top_p, min_p and the key of its random draws
+        self.temperature = torch.zeros(P, dtype=torch.float32, device=dev)
+        self.top_k = torch.zeros(P, dtype=torch.int64, device=dev)
+        self.top_p = torch.ones(P, dtype=torch.float32, device=dev)
+        self.min_p = torch.zeros(P, dtype=torch.float32, device=dev)
+        self.seed = torch.zeros(P, dtype=torch.int64, device=dev)
+        #: (padded batch, mode) -> the graph of one cycle
         self.graphs: dict[tuple[int, str], torch.cuda.CUDAGraph] = {}
         self.meta: dict[int, tuple[dict, dict]] = {}
         self.steps = 0
@@ -89,11 +95,10 @@ class DeviceCycle:
     # -- which steps it serves ---------------------------------------------------------
     def serves(self, reqs) -> bool:
         r = self.runner
-        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and self.mode() is not None
-                and len(reqs) <= self.max_batch and all(q.sampling.greedy for q in reqs)
-                and all(q.early is None for q in reqs))
+        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and self.drafting() is not None
+                and len(reqs) <= self.max_batch and all(q.early is None for q in reqs))
 
-    def mode(self) -> str | None:
+    def drafting(self) -> str | None:
         """How this step drafts: ``oracle``, ``oracle+pdm`` (the oracle proposes, the draft
         module runs unused, to price it), ``head`` (the draft module proposes); None: a
         drafter the device cycle does not run (n-gram, hybrid)."""
@@ -103,6 +108,14 @@ class DeviceCycle:
         if r.spd_cfg.drafter == "head" and r.spd_pdm is not None:
             return "head"
         return None
+
+    def mode(self, reqs=()) -> tuple:
+        """What a cycle's graph does: the drafting, and for a batch with sampled requests
+        which of top-k, top-p and min-p any of them uses (all greedy: ``()``)."""
+        sampled = [q.sampling for q in reqs if not q.sampling.greedy]
+        warps = () if not sampled else ("sampled", *[name for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0))
+                                                       if any(getattr(x, name) != off for x in sampled)])
+        return (self.drafting(), *warps)
 
     def padded(self, b: int) -> int:
         """Rows a step runs on: the smallest captured batch size that holds ``b``."""
@@ -118,7 +131,7 @@ class DeviceCycle:
         P = self.padded(B)
         t0 = time.perf_counter()
         cycles = self._load(work, reqs, P)
-        mode = self.mode()
+        mode = self.mode(reqs)
         graph = self.graphs.get((P, mode))
         if graph is None and self.graphs:          # captured for another drafting mode: capture this one
             graph = self._capture(P, mode)
@@ -143,7 +156,11 @@ class DeviceCycle:
         else:
             out = out.cpu()
         snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
-        anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone() if self.drafts is not None else None
+        anchors = qs = None
+        if self.drafts is not None:
+            anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone()
+            if len(mode) > 1:
+                qs = self.drafts.proposals[: B * self.drafts.ring].clone()
         W, K = self.n + 1, self.cycles_per_step
         committed = {}
         for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
@@ -152,7 +169,7 @@ class DeviceCycle:
             head, wlen, committed_len, ring_len, cycles, verified, accepted, pending = tail
             self._store(req, snap, b, tok, depth, head, wlen, committed_len)
             if anchors is not None:
-                self.drafts.store(req, b, anchors, bool(pending))
+                self.drafts.store(req, b, anchors, bool(pending), qs if not req.sampling.greedy else None)
             kept = runner._spd_commit(idx, req, ring[:ring_len])
             if len(kept) != ring_len:
                 raise RuntimeError(f"spd: the device gate committed {ring_len} tokens for request {req_id}, "
@@ -174,7 +191,7 @@ class DeviceCycle:
         rows = []
         hid, res, at = [], [], []
         proposals, bases = [], []
-        anchor_rows, pending = [], []
+        anchor_rows, q_rows, pending, sampling = [], [], [], []
         need = 0
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
@@ -206,7 +223,9 @@ class DeviceCycle:
                     res.append(r)
                     at.append((b, e.depth))
             if self.drafts is not None:
-                self.drafts.load(b, req, anchor_rows)
+                self.drafts.load(b, req, anchor_rows, q_rows)
+            sampling.append((req.sampling.temperature, req.sampling.top_k, req.sampling.top_p, req.sampling.min_p,
+                             req.seed))
             if req.pending is not None and req.pending != win[-1].pos - 1:
                 raise RuntimeError(f"spd: request {req_id}'s pending draft row {req.pending} is not just before "
                                    f"its window ({win[-1].pos})")
@@ -236,7 +255,12 @@ class DeviceCycle:
         st.stopped[B:P] = 1
         st.pending[:B].copy_(torch.tensor(pending), non_blocking=True)
         if self.drafts is not None:
-            self.drafts.load_done(anchor_rows, st, B, runner._spd_embed)
+            self.drafts.load_done(anchor_rows, q_rows, st, B, runner._spd_embed)
+        temp, top_k, top_p, min_p, seed = zip(*sampling)
+        for buf, values, dtype in ((self.temperature, temp, torch.float32), (self.top_k, top_k, torch.int64),
+                                   (self.top_p, top_p, torch.float32), (self.min_p, min_p, torch.float32),
+                                   (self.seed, seed, torch.int64)):
+            buf[:B].copy_(torch.tensor(values, dtype=dtype), non_blocking=True)
         if at:
             ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
@@ -263,16 +287,19 @@ class DeviceCycle:
         req.draft_q.clear()
 
     # -- one cycle (what a graph holds) ----------------------------------------------------
-    def _cycle(self, P: int, mode: str) -> None:
+    def _cycle(self, P: int, mode: tuple) -> None:
         runner = self.runner
         model = runner.get_model()
         tm = model.model
         lay = runner.spd_layout
         part = self.state.rows(P)
         live = part.live()
-        drafts = self.drafts if mode in ("head", "oracle+pdm") else None
+        drafting, sampled = mode[0], len(mode) > 1
+        warp = self._warp(P, mode) if sampled else None
+        drafts = self.drafts if drafting in ("head", "oracle+pdm") else None
         if drafts is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
-            proposed = drafts.draft(part, live, self.block_table, self.block_size)
+            proposed = drafts.draft(part, live, self.block_table, self.block_size,
+                                    None if warp is None else (warp, self.seed[:P]))
         for s in reversed(range(self.n)):
             runs, tok, pos = part.stage_rows(s, live)
             self._write_metadata(P, runs, pos)
@@ -290,10 +317,42 @@ class DeviceCycle:
         normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
         logits = model.compute_logits(normed)
         part.mask_min_tokens(logits)
-        target = logits.argmax(dim=-1)
-        part.advance(live, proposed if mode == "head" else self._oracle_draft(P), target)
+        target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafting)
+        part.advance(live, proposed if drafting == "head" else self._oracle_draft(P), target)
         if drafts is not None:
             drafts.entered(part, live, runner._spd_embed)
+
+    def _warp(self, P: int, mode: tuple) -> dict:
+        """The rows' sampling settings as ``verify`` takes them; a warp no request uses is
+        left out (None), as vLLM's sampler skips it."""
+        return dict(temperature=self.temperature[:P], top_k=self.top_k[:P] if "top_k" in mode else None,
+                    top_p=self.top_p[:P] if "top_p" in mode else None,
+                    min_p=self.min_p[:P] if "min_p" in mode else None)
+
+    def _sampled_target(self, P: int, logits, warp: dict, drafting: str):
+        """The verdict function for a batch with sampled rows (see ``CycleState.advance``):
+        rejection sampling of each candidate against the target's warped distribution,
+        the draws keyed on (seed, the candidate's position); greedy rows take the argmax."""
+        from vllm_spd import keyed_random as kr
+        from vllm_spd import verify
+
+        seed = self.seed[:P]
+
+        def target(cand, pos):
+            p = verify.target_probs(logits, **warp)
+            has = cand >= 0
+            u = kr.uniform(seed, pos, kr.SALT_ACCEPT)
+            noise = kr.exponential(seed, pos, kr.SALT_RESIDUAL, p.shape[1])
+            if drafting == "head":   # the draft module's sampled proposal q of that position
+                q = self.drafts.q_of(pos) * has[:, None]
+                _, tok = verify.verify_sampled(p, cand, q, self.drafts.pdm.draft_token_ids, uniform=u, noise=noise)
+            else:                    # a deterministic proposal: q is one-hot at the candidate
+                x = cand.clamp(min=0)[:, None]
+                ok = has & (u <= p.gather(1, x)[:, 0].double())
+                residual = torch.where(has[:, None], p.scatter(1, x, 0.0), p)
+                tok = torch.where(ok, cand, verify.sample_from_probs(residual, noise=noise))
+            return torch.where(verify.greedy_mask(warp["temperature"]), logits.argmax(dim=-1), tok)
+        return target
 
     def _oracle_draft(self, P: int) -> torch.Tensor:
         st = self.state
@@ -343,10 +402,11 @@ class DeviceCycle:
         mode = self.mode()
         for P in sorted(self.sizes, reverse=True):
             self._capture(P, mode)
-        logger.info("spd: captured device-cycle CUDA graphs (%s drafts) for batch sizes %s", mode, self.sizes)
+        logger.info("spd: captured device-cycle CUDA graphs (%s drafts, greedy) for batch sizes %s", mode[0],
+                    self.sizes)
 
     @torch.inference_mode()
-    def _capture(self, P: int, mode: str):
+    def _capture(self, P: int, mode: tuple):
         """One graph of a whole cycle for ``P`` rows. Captured on dead rows (no KV
         writes, no state change); replays read whatever the state holds then."""
         st = self.state

@@ -47,6 +47,8 @@ class DeviceDrafts:
         self.positions = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.slots = torch.full((rows,), -1, dtype=torch.int64, device=dev)
         self.meta: dict[int, tuple[dict, dict]] = {}
+        #: sampled drafts' proposal q over the draft vocabulary, by position like the anchors
+        self.proposals = torch.zeros(P * self.ring, self.pdm.draft_token_ids.numel(), dtype=torch.float32, device=dev)
 
     # -- the ring ------------------------------------------------------------------------
     def ring_slot(self, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -69,10 +71,15 @@ class DeviceDrafts:
         draft or corrected token that entered, or the same one again)."""
         self.write(0, st.head, embed(st.tok[:, 0]), live)
 
+    def q_of(self, pos: torch.Tensor) -> torch.Tensor:
+        """[P, K]: the proposal each row's draft at ``pos`` was sampled from."""
+        return self.proposals[self.ring_slot(torch.arange(pos.shape[0], device=pos.device), pos)]
+
     # -- one cycle's drafts ---------------------------------------------------------------
-    def draft(self, st: CycleState, live: torch.Tensor, block_table, block_size: int) -> torch.Tensor:
-        """Greedy draft ids [P] (full vocabulary) for the position after each row's newest
-        token, from the anchors before this cycle's stages."""
+    def draft(self, st: CycleState, live: torch.Tensor, block_table, block_size: int, sampling=None) -> torch.Tensor:
+        """Draft ids [P] (full vocabulary) for the position after each row's newest token,
+        from the anchors before this cycle's stages: the argmax, or with ``sampling``
+        (``(warp settings, seeds)``) a sample drawn with keyed noise, its q kept by position."""
         from vllm.forward_context import set_forward_context
 
         P, q, n = st.head.shape[0], self.q, self.n
@@ -100,7 +107,18 @@ class DeviceDrafts:
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=P * q, slot_mapping=slots):
             hidden, residual = self.pdm(self.positions[: P * q], x)
         last = torch.arange(P, device=dev) * q + (count - 1).clamp(min=0)
-        return self.pdm.draft_greedy(hidden[last], residual[last])
+        if sampling is None:
+            return self.pdm.draft_greedy(hidden[last], residual[last])
+        from vllm_spd import keyed_random as kr
+        from vllm_spd import verify
+
+        warp, seed = sampling
+        logits = self.pdm.draft_logits(hidden[last], residual[last]).float()
+        noise = kr.exponential(seed, st.head + 1, kr.SALT_DRAFT, logits.shape[1])
+        ids, prop = verify.draft_proposal(logits, self.pdm.draft_token_ids, noise=noise, **warp)
+        at = self.ring_slot(torch.arange(P, device=dev), st.head + 1)
+        self.proposals[at] = torch.where(live[:, None], prop, self.proposals[at])
+        return ids
 
     def _metadata(self, P: int, block_table):
         if P in self.meta:
@@ -114,15 +132,20 @@ class DeviceDrafts:
         return meta
 
     # -- the host's per-request state in and out ---------------------------------------------
-    def load(self, b: int, req, host_rows: list) -> None:
-        """Row ``b``'s anchors from the request (``req.anchors``: pos -> {k: tensor}), to
-        go into the ring by :meth:`load_done`."""
+    def load(self, b: int, req, host_rows: list, q_rows: list) -> None:
+        """Row ``b``'s anchors (``req.anchors``: pos -> {k: tensor}) and sampled drafts'
+        proposals (``req.draft_q``: pos -> q), to go into the rings by :meth:`load_done`."""
         lay = self.runner.spd_layout
         for pos, got in req.anchors.items():
             for k, value in got.items():
                 host_rows.append((lay.anchors.index(k), b * self.ring + pos % self.ring, value))
+        for pos, q in req.draft_q.items():
+            q_rows.append((b * self.ring + pos % self.ring, q))
 
-    def load_done(self, host_rows: list, st: CycleState, B: int, embed) -> None:
+    def load_done(self, host_rows: list, q_rows: list, st: CycleState, B: int, embed) -> None:
+        if q_rows:
+            at = torch.tensor([s for s, _ in q_rows], dtype=torch.int64).to(self.proposals.device, non_blocking=True)
+            self.proposals[at] = torch.stack([q for _, q in q_rows]).to(self.proposals.dtype)
         if host_rows:
             dev = self.anchors.device
             ix = torch.tensor([(a, s) for a, s, _ in host_rows], dtype=torch.int64).to(dev, non_blocking=True)
@@ -136,9 +159,10 @@ class DeviceDrafts:
         cur = self.anchors[0, at]
         self.anchors[0, at] = torch.where(valid[..., None], emb, cur)
 
-    def store(self, req, b: int, snap: torch.Tensor, pending: bool) -> None:
+    def store(self, req, b: int, snap: torch.Tensor, pending: bool, qs: torch.Tensor | None) -> None:
         """Row ``b``'s anchors back into the request: each window token's anchors from the
-        stages it completed, all of the pending token's."""
+        stages it completed, all of the pending token's; with ``qs``, the proposals of
+        its in-flight drafts (``req.draft_q``)."""
         lay = self.runner.spd_layout
         produced = [[0]]
         for s in range(self.n):
@@ -152,3 +176,5 @@ class DeviceDrafts:
         req.anchors = {pos: {k: snap[lay.anchors.index(k), b * self.ring + pos % self.ring]
                              for k in produced[min(depth, self.n)] if k in lay.anchors}
                        for pos, depth in entries}
+        req.draft_q = {} if qs is None else {e.pos: qs[b * self.ring + e.pos % self.ring]
+                                              for e in req.pipe.window if e.pos >= req.pipe.committed_len}

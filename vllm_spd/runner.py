@@ -59,6 +59,8 @@ class SPDRequest:
     gate: CommitGate | None = None
     #: verdict_lag 1: (token, Verdicts, row) of the verdict queued when ``token`` left the last stage
     early: tuple | None = None
+    #: the device cycle's key for this request's random draws (keyed_random): its seed, or one drawn at start
+    seed: int = 0
 
 
 @dataclass
@@ -284,7 +286,8 @@ class SPDRunnerMixin(DraftingMixin):
         state = self.requests[req_id]
         sp = state.sampling_params
         req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.pipeline_depth, -1, pos),
-                         RequestSampling.from_params(sp, state.generator))
+                         RequestSampling.from_params(sp, state.generator),
+                         seed=sp.seed if sp.seed is not None else int(torch.randint(1 << 62, ())))
         stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
         req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
                               int(sp.max_tokens or 1 << 62), len(state.output_token_ids))

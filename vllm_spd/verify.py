@@ -201,15 +201,18 @@ def _uniform(
 
 
 def sample_from_probs(
-    probs: torch.Tensor, generators: dict[int, torch.Generator] | None = None
+    probs: torch.Tensor, generators: dict[int, torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One index per row, distributed as ``probs`` (rows need not sum to 1).
 
     Uses the exponential race ``argmax(probs / E)``, ``E ~ Exp(1)``, like vLLM's
     ``random_sample`` (no host sync, unlike ``torch.multinomial`` on GPU).
     Zero-probability entries are never picked unless a whole row is zero.
+    ``noise`` gives ``E`` itself (keyed draws, ``keyed_random``) instead of drawing it.
     """
-    return (probs / _exponential_like(probs, generators)).argmax(dim=-1)
+    e = _exponential_like(probs, generators) if noise is None else noise.clamp_min(torch.finfo(noise.dtype).tiny)
+    return (probs / e).argmax(dim=-1)
 
 
 def draft_proposal(
@@ -220,6 +223,7 @@ def draft_proposal(
     top_p=None,
     min_p=None,
     generators: dict[int, torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next draft token from the PDM's draft-vocab logits.
 
@@ -229,6 +233,7 @@ def draft_proposal(
         temperature, top_k, top_p, min_p: the request's sampling parameters,
             applied over the K draft logits exactly like :func:`warp_logits`.
         generators: optional ``{row: torch.Generator}`` for seeded requests.
+        noise: optional Exp(1) draws ``[B, K]`` used instead of drawing them.
 
     Returns:
         ``(token_ids [B] int64 full-vocab ids, q [B, K] float32)``. Greedy
@@ -246,7 +251,7 @@ def draft_proposal(
     idx = torch.where(
         greedy_mask(temp),
         draft_logits.argmax(dim=-1),
-        sample_from_probs(q, generators),
+        sample_from_probs(q, generators, noise),
     )
     ids = draft_token_ids.to(device=draft_logits.device, dtype=torch.long)
     return ids[idx], q
@@ -287,6 +292,8 @@ def verify_sampled(
     q: torch.Tensor,
     draft_token_ids: torch.Tensor,
     generators: dict[int, torch.Generator] | None = None,
+    uniform: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-draft speculative (rejection) sampling; lossless w.r.t. ``p``.
 
@@ -296,6 +303,8 @@ def verify_sampled(
         q: [B, K] proposal over the draft vocab the draft was sampled from.
         draft_token_ids: [K] sorted full-vocab ids of the draft vocab.
         generators: optional ``{row: torch.Generator}``.
+        uniform, noise: optional draws used instead of drawing them: ``u`` [B]
+            float64 for the acceptance test, Exp(1) ``[B, V]`` for the residual sample.
 
     Accept iff ``u * q(x) <= p(x)`` and ``q(x) > 0`` (``u ~ U[0,1)``, float64),
     i.e. with probability ``min(1, p(x)/q(x))``. On reject emit a sample from
@@ -316,13 +325,13 @@ def verify_sampled(
     p_x = pf.gather(1, x).squeeze(1).double()
     q_x = q_full.gather(1, x).squeeze(1).double()
 
-    u = _uniform(batch, p.device, generators)
+    u = _uniform(batch, p.device, generators) if uniform is None else uniform
     accepted = valid & (q_x > 0) & (u * q_x <= p_x)
 
     residual = (pf - q_full).clamp_min_(0)
     mass = residual.sum(dim=-1, keepdim=True)
     residual = torch.where(mass > 1e-12, residual, pf)
-    recovered = sample_from_probs(residual, generators)
+    recovered = sample_from_probs(residual, generators, noise)
     return accepted, torch.where(accepted, draft, recovered)
 
 
