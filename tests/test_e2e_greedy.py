@@ -197,8 +197,13 @@ def test_periodic_log_line(tiny_qwen3, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="vllm_spd")
-    generate(tiny_qwen3, {"method": "spd", "num_stages": 2, "log_interval_s": 1e-6}, max_tokens=8,
-             prompts=PROMPTS[:2])
+    spd_logger = logging.getLogger("vllm_spd")   # it does not propagate: vLLM's handler writes it
+    spd_logger.addHandler(caplog.handler)
+    try:
+        generate(tiny_qwen3, {"method": "spd", "num_stages": 2, "log_interval_s": 1e-6}, max_tokens=8,
+                 prompts=PROMPTS[:2])
+    finally:
+        spd_logger.removeHandler(caplog.handler)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spd: alpha=")]
     assert lines and "tokens/cycle" in lines[-1]
 

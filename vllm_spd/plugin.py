@@ -54,6 +54,9 @@ def register() -> None:
     import vllm
 
     check_vllm_version(vllm.__version__)
+    from vllm_spd.logs import use_vllm_logging
+
+    use_vllm_logging()
     from vllm.engine.arg_utils import EngineArgs
 
     _wrap(EngineArgs, "create_engine_config", _create_engine_config)
