@@ -183,19 +183,13 @@ def run_system(a) -> list[dict]:
     elif system == "spd1":
         rec = os.path.join(mdir, "oracle.json")
         json.dump({}, open(rec, "w"))
+        head = _random_head(a, mdir, None) if a.one_gpu_pdm_alphas else None
         kw.update(enforce_eager=a.spd_eager, speculative_config={
             "method": "spd", "num_stages": n, "stage_placement": "single_worker", "drafter": "oracle",
-            "oracle_tokens": rec, "oracle_alpha": 0.0, "cycles_per_step": a.cycles_per_step, "verdict_lag": 0})
+            "oracle_tokens": rec, "oracle_alpha": 0.0, "cycles_per_step": a.cycles_per_step, "verdict_lag": 0,
+            **({"model": head} if head else {})})
     elif system == "spd":
-        split = stage_layers_for(a, cfg)
-        head = os.path.join(mdir, "head")
-        # A random head, written by a child process: building its layers here could
-        # initialise CUDA in this process before vLLM starts its workers.
-        subprocess.run([sys.executable, "-m", "vllm_spd.head", "init", "--target", mdir, "--num-stages", str(n),
-                        "--out", head, "--draft-layers", str(a.draft_layers),
-                        "--draft-vocab-size", str(a.draft_vocab),
-                        *(["--stage-layers", ",".join(map(str, split))] if split else [])],
-                       check=True, stdout=subprocess.DEVNULL)
+        head = _random_head(a, mdir, stage_layers_for(a, cfg))
         rec = os.path.join(mdir, "oracle.json")
         json.dump({}, open(rec, "w"))
         kw.update(enforce_eager=a.spd_eager, speculative_config={
@@ -253,10 +247,23 @@ def run_system(a) -> list[dict]:
     return rows
 
 
+def _random_head(a, mdir: str, split) -> str:
+    """A random head for the model in ``mdir``, written by a child process: building its
+    layers here could initialise CUDA in this process before vLLM starts its workers."""
+    head = os.path.join(mdir, "head")
+    subprocess.run([sys.executable, "-m", "vllm_spd.head", "init", "--target", mdir, "--num-stages",
+                    str(a.num_stages), "--out", head, "--draft-layers", str(a.draft_layers),
+                    "--draft-vocab-size", str(a.draft_vocab),
+                    *(["--stage-layers", ",".join(map(str, split))] if split else [])],
+                   check=True, stdout=subprocess.DEVNULL)
+    return head
+
+
 def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
-    """All n stages in one worker on one GPU: the device cycle at every alpha (with its
-    host and device time per cycle), and the host-driven cycle in the same engine at
-    the first and last alpha, for comparison."""
+    """All n stages in one worker on one GPU, per alpha: the device cycle (with its host
+    and device time per cycle), at ``--one-gpu-pdm-alphas`` also with a random draft
+    module run every cycle (unused, to price it), and at ``--one-gpu-host-alphas`` the
+    host-driven cycle in the same engine, for comparison."""
     from vllm_spd.oracle import save_recording
 
     rows = []
@@ -266,12 +273,13 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
         _, outs = _timed(llm, prompts, a.output_len)     # the greedy continuation (all drafts wrong)
         save_recording(rec, prompts, outs)
         for alpha in a.alphas:
-            llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", False))
-            for cycle in ("device", "host"):
-                if cycle == "host" and alpha not in (a.alphas[0], a.alphas[-1]):
-                    continue
+            kinds = [("device", False)] + [("device", True)] * (alpha in a.one_gpu_pdm_alphas) \
+                + [("host", False)] * (alpha in a.one_gpu_host_alphas)
+            for cycle, pdm in kinds:
+                llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", pdm))
                 llm.collective_rpc(_device_cycle, args=(cycle == "device",))
-                row = _speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha, "cycle": cycle})
+                row = _speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced" if pdm else "oracle",
+                                               "alpha": alpha, "cycle": cycle})
                 if cycle == "device":
                     llm.collective_rpc(_device_timing, args=(True,))
                     _timed(llm, prompts, a.output_len)
@@ -303,7 +311,8 @@ def _label(r) -> str:
         return f"plain {'TP' if r['system'] == 'tpn' else 'PP'}={n}"
     d = r["drafter"]
     if r["system"] == "spd1":
-        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}"
+        pdm = " + PDM run" if r["drafter"] == "oracle+pdm_priced" else ""
+        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}{pdm}"
     spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
         return f"{spd} oracle alpha={r['alpha']}" + (", eager verify" if r.get("verify") == "eager" else "")
@@ -364,6 +373,10 @@ def main(argv=None) -> None:
                          "for comparison)")
     ap.add_argument("--one-gpu-stages", type=int, nargs="*", default=None,
                     help="spd1: the num_stages values to run in one worker (default: --num-stages)")
+    ap.add_argument("--one-gpu-host-alphas", type=float, nargs="*", default=[1.0],
+                    help="spd1: alphas at which the host-driven cycle is measured too")
+    ap.add_argument("--one-gpu-pdm-alphas", type=float, nargs="*", default=[0.8],
+                    help="spd1: alphas at which a random draft module also runs every cycle (unused)")
     ap.add_argument("--cycles-per-step", type=int, default=64)
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)

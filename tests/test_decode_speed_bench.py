@@ -72,14 +72,17 @@ def test_one_gpu_system_cpu(tiny_qwen3, tmp_path, capsys):
     decode_speed.main(["--config", os.path.join(tiny_qwen3, "config.json"), "--systems", "tp1", "spd1",
                        "--one-gpu-stages", "3", "--batch", "2", "--input-len", "16", "--output-len", "12",
                        "--runs", "1", "--alphas", "1.0", "0.6", "--dtype", "bfloat16", "--max-model-len", "256",
-                       "--cycles-per-step", "6", "--spd-eager", "--system-timeout", "600", "--out", str(out)])
+                       "--cycles-per-step", "6", "--spd-eager", "--system-timeout", "600", "--draft-vocab", "512",
+                       "--one-gpu-host-alphas", "1.0", "0.6", "--one-gpu-pdm-alphas", "0.6", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    labels = [(r["system"], r.get("alpha"), r.get("cycle")) for r in rows]
-    assert labels == [("tp1", None, None), ("spd1", 1.0, "device"), ("spd1", 1.0, "host"), ("spd1", 0.6, "device"),
-                      ("spd1", 0.6, "host")]
+    labels = [(r["system"], r.get("alpha"), r.get("cycle"), r.get("drafter")) for r in rows]
+    assert labels == [("tp1", None, None, None), ("spd1", 1.0, "device", "oracle"), ("spd1", 1.0, "host", "oracle"),
+                      ("spd1", 0.6, "device", "oracle"), ("spd1", 0.6, "device", "oracle+pdm_priced"),
+                      ("spd1", 0.6, "host", "oracle")]
     spd = rows[1:]
     assert all(r["num_stages"] == 3 and r["num_gpus"] == 1 for r in spd)
     assert spd[0]["measured_alpha"] == 1.0 and spd[1]["measured_alpha"] == 1.0
-    assert spd[2]["measured_alpha"] == spd[3]["measured_alpha"] < 1.0   # the same drafts, the same verdicts
-    assert spd[0]["output_matches_plain"] and spd[2]["output_matches_plain"]
+    # the same drafts, the same verdicts, with or without the draft module running, in either cycle
+    assert spd[2]["measured_alpha"] == spd[3]["measured_alpha"] == spd[4]["measured_alpha"] < 1.0
+    assert spd[0]["output_matches_plain"] and spd[2]["output_matches_plain"] and spd[3]["output_matches_plain"]
     assert "SPD n=3 1 GPU device cycle alpha=1.0" in capsys.readouterr().out
