@@ -129,12 +129,14 @@ class DeviceCycle:
         reqs = [runner.spd_requests[req_id] for _, req_id, _ in work]
         B = len(reqs)
         P = self.padded(B)
-        t0 = time.perf_counter()
-        cycles = self._load(work, reqs, P)
         mode = self.mode(reqs)
         graph = self.graphs.get((P, mode))
-        if graph is None and self.graphs:          # captured for another drafting mode: capture this one
+        if graph is None and self.graphs:
+            # Captured for another mode (drafting, sampling): capture this one first, as
+            # its warm-up run overwrites the carried hidden states that the load writes.
             graph = self._capture(P, mode)
+        t0 = time.perf_counter()
+        cycles = self._load(work, reqs, P)
         host = time.perf_counter() - t0
         timed = self.timing and graph is not None
         for _ in range(cycles):
