@@ -39,3 +39,12 @@ def test_readme_keeps_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "## Decode speed on one GPU" in readme
+
+
+def test_readme_configuration_table_has_every_key():
+    source = (ROOT / "vllm_spd" / "config.py").read_text()
+    keys = set(re.findall(r'"(\w+)"', re.search(r"SPD_KEYS = frozenset\((.*?)\n\)", source, re.S).group(1)))
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Decode speed on one GPU")]
+    rows = {k for k in re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", table, re.M) for k in k if k}
+    assert keys - {"method"} == rows
