@@ -1,7 +1,7 @@
 """The SPD cycle on the device, for all stages in one worker.
 
 One engine step loads the batch's windows once into a :class:`CycleState` (with each
-in-flight token's hidden state by depth and the drafts the oracle will propose), then
+in-flight token's hidden state by depth, its anchors, and the oracle's proposals), then
 launches ``cycles_per_step`` cycles back to back with no host work or wait between
 them, and reads the committed ring once at the end. A cycle is a fixed-shape program:
 
@@ -15,16 +15,24 @@ them, and reads the committed ring once at the end. A cycle is a fixed-shape pro
   launch, no host-built scheduler metadata);
 - the completing tokens' final rows go through the LM head; the argmax (stop ids
   masked until ``min_tokens``) verifies the drafts; :meth:`CycleState.advance` does the
-  rest.
+  rest;
+- the draft module (``device_draft.py``) drafts from the anchors before the stages run,
+  greedily or, for sampled requests, by sampling with draws keyed on (seed, position)
+  (``keyed_random.py``); sampled requests are verified by rejection sampling with keyed
+  draws too.
 
-On a GPU one CUDA graph per padded batch size holds a whole cycle, captured after
-vLLM's graphs; on CPU the same program runs eagerly (metadata rebuilt by the CPU
-backend's builder every stage), which is what the CPU tests check against plain vLLM.
+On a GPU one CUDA graph per padded batch size (and drafting/sampling mode) holds a whole
+cycle, captured after vLLM's graphs; on CPU the same program runs eagerly (metadata
+rebuilt by the CPU backend's builder every stage), which is what the CPU tests check
+against plain vLLM.
 
-Serves greedy requests with the oracle drafter (the benchmark instrument) at
-``verdict_lag`` 0; any other step takes the host-driven cycle in ``runner.py``. Both
-work on the same per-request state (``RequestPipeline`` and each token's carried hidden
-state), so a request can move between them at any step.
+Serves the one-worker placement at ``verdict_lag`` 0 with the head drafter or the oracle
+(the benchmark instrument), greedy and sampled requests alike; any other step (n-gram
+or hybrid drafting, pipeline ranks) takes the host-driven cycle in ``runner.py``. Both
+work on the same per-request state (``RequestPipeline``, each token's carried hidden
+state, anchors and draft proposals), so a request can move between them at any step.
+Seeded requests draw differently in the two (keyed draws here, the request's generator
+there); each is exact.
 """
 
 from __future__ import annotations
