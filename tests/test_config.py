@@ -186,3 +186,21 @@ def test_plugin_excluded_by_vllm_plugins(tiny_qwen3):
     assert proc.returncode != 0
     assert "needs the vllm_spd plugin, which vLLM did not load" in proc.stderr
     assert "VLLM_PLUGINS" in proc.stderr
+
+
+def test_custom_ops_turned_on_for_one_worker_unless_chosen():
+    """One-worker SPD runs decoder layers outside vLLM's compiled forward, so vLLM's fused
+    custom ops are turned on, unless the user chose a base mode ('all' or 'none')."""
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig
+
+    from vllm_spd.plugin import custom_ops_on
+
+    args = SimpleNamespace(compilation_config=CompilationConfig())    # as EngineArgs holds it
+    assert custom_ops_on(args) and args.compilation_config.custom_ops == ["all"]
+    assert not custom_ops_on(args)                     # once
+    chosen = SimpleNamespace(compilation_config=CompilationConfig(custom_ops=["none", "+rms_norm"]))
+    assert not custom_ops_on(chosen) and chosen.compilation_config.custom_ops == ["none", "+rms_norm"]
+    as_dict = SimpleNamespace(compilation_config={})
+    assert custom_ops_on(as_dict) and as_dict.compilation_config == {"custom_ops": ["all"]}

@@ -158,13 +158,8 @@ class DeviceCycle:
         out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
                          torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
                                       st.accepted, st.pending], 1)[:B]], 1)
-        if timed:
-            t1 = time.perf_counter()
-            out = out.cpu()           # the step's one read: waits for the device
-            t0 = time.perf_counter()
-            host += t0 - t1           # queueing the read
-        else:
-            out = out.cpu()
+        out = out.cpu()               # the step's one read: waits for the device
+        t0 = time.perf_counter()      # host time from here on is the step's read-back
         snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
         anchors = qs = None
         if self.drafts is not None:

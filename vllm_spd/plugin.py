@@ -124,6 +124,8 @@ def _create_engine_config(original, self, *args, **kwargs):
         logger.warning(
             "spd: all %d stages run in one worker, one after another: output is exact but "
             "there is no speedup (that needs %d GPUs, one per stage)", num_stages, num_stages)
+        if current_platform.is_cuda_alike():
+            custom_ops_on(self)
     elif self.distributed_executor_backend is None:
         self.distributed_executor_backend = "mp"
 
@@ -149,6 +151,28 @@ def _create_engine_config(original, self, *args, **kwargs):
     if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").lower() in ("1", "true"):
         raise ValueError("spd: VLLM_USE_V2_MODEL_RUNNER=1 is not supported with spd; unset it")
     return original(self, *args, **kwargs)
+
+
+def custom_ops_on(engine_args) -> bool:
+    """Turn vLLM's custom ops on (base mode ``all``) unless the user chose a base mode;
+    returns whether it did.
+
+    In one worker SPD runs the decoder layers itself, outside vLLM's compiled forward:
+    prefill layer by layer and the device cycle's stage slices. Under Inductor vLLM turns
+    its custom ops (the fused RMSNorm, SiLU-and-mul and rotary-embedding kernels) off by
+    default, leaving their fusion to Inductor; called outside the compiled forward they
+    then run as unfused native torch, several kernels where one would do. On one H100,
+    Qwen3-8B shape, a device cycle of all 36 layers took 10.6 ms against 6.9 ms for plain
+    vLLM's compiled decode step (README)."""
+    cc = engine_args.compilation_config
+    if isinstance(cc, dict):
+        ops = cc.setdefault("custom_ops", [])
+    else:
+        ops = cc.custom_ops
+    if any(mode in ops for mode in ("all", "none")):
+        return False
+    ops.append("all")
+    return True
 
 
 def _create_speculative_config(original, self, target_model_config, target_parallel_config):
