@@ -124,3 +124,43 @@ def test_device_cycle_draft_module_matches_plain_and_host_cycle(predictable, num
     assert on == off
     alpha = on["vllm:spec_decode_num_accepted_tokens"] / on["vllm:spec_decode_num_draft_tokens"]
     assert 0.3 < alpha < 0.98, alpha
+
+
+@pytest.mark.parametrize("num_stages", [1, 3])
+def test_device_cycle_ngram_matches_plain_and_host_cycle(tiny_qwen3, recorded, num_stages, monkeypatch):
+    """Prompt lookup inside the device cycle: exact output, the host cycle's verdicts."""
+    from vllm import SamplingParams
+
+    _, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": num_stages, "drafter": "ngram"}
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
+        outs, counters, steps = run(tiny_qwen3, spec, sp)
+        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+        results[switch] = (counters, steps)
+    (on, steps_on), (off, steps_off) = results["1"], results["0"]
+    assert steps_on and steps_off is None
+    assert on == off and on["vllm:spec_decode_num_accepted_tokens"] > 0
+
+
+def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path, monkeypatch):
+    """Hybrid drafting inside the device cycle (the head, overridden by prompt lookup)."""
+    from vllm import SamplingParams
+
+    from spd_models import mirror_head
+
+    target, reference = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"), context=0.05)
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 2, "model": head, "drafter": "hybrid", "hybrid_min_match": 1}
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
+        outs, counters, steps = run(target, spec, sp)
+        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+        results[switch] = (counters, steps)
+    (on, steps_on), (off, steps_off) = results["1"], results["0"]
+    assert steps_on and steps_off is None
+    assert on == off

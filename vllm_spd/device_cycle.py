@@ -26,9 +26,10 @@ cycle, captured after vLLM's graphs; on CPU the same program runs eagerly (metad
 rebuilt by the CPU backend's builder every stage), which is what the CPU tests check
 against plain vLLM.
 
-Serves the one-worker placement at ``verdict_lag`` 0 with the head drafter or the oracle
-(the benchmark instrument), greedy and sampled requests alike; any other step (n-gram
-or hybrid drafting, pipeline ranks) takes the host-driven cycle in ``runner.py``. Both
+Serves the one-worker placement at ``verdict_lag`` 0 with every drafter (the draft
+module, prompt lookup in ``device_lookup.py``, their hybrid, the benchmark oracle),
+greedy and sampled requests alike; pipeline ranks and ``verdict_lag`` 1 take the
+host-driven cycle in ``runner.py``. Both
 work on the same per-request state (``RequestPipeline``, each token's carried hidden
 state, anchors and draft proposals), so a request can move between them at any step.
 Seeded requests draw differently in the two (keyed draws here, the request's generator
@@ -81,6 +82,11 @@ class DeviceCycle:
         self.slots = torch.full((P,), -1, dtype=torch.int64, device=dev)
         tm = runner.get_model().model
         self.layer_names = [runner.spd_slices.layer_names[i] for i in range(tm.start_layer, tm.end_layer)]
+        self.lookup = None
+        if cfg.drafter in ("ngram", "hybrid"):
+            from vllm_spd.device_lookup import DeviceLookup
+
+            self.lookup = DeviceLookup(P, runner.max_model_len, dev)
         self.drafts = None
         if runner.spd_pdm is not None:
             from vllm_spd.device_draft import DeviceDrafts
@@ -108,13 +114,17 @@ class DeviceCycle:
 
     def drafting(self) -> str | None:
         """How this step drafts: ``oracle``, ``oracle+pdm`` (the oracle proposes, the draft
-        module runs unused, to price it), ``head`` (the draft module proposes); None: a
-        drafter the device cycle does not run (n-gram, hybrid)."""
+        module runs unused, to price it), ``head`` (the draft module proposes), ``ngram``
+        (prompt lookup), ``hybrid`` (the head, overridden by prompt lookup); None: a
+        drafter this deployment cannot run here."""
         r = self.runner
-        if r.spd_cfg.drafter == "oracle":
+        drafter = r.spd_cfg.drafter
+        if drafter == "oracle":
             return "oracle+pdm" if r.spd_pdm is not None and r.spd_price_pdm else "oracle"
-        if r.spd_cfg.drafter == "head" and r.spd_pdm is not None:
-            return "head"
+        if drafter in ("head", "hybrid") and r.spd_pdm is not None:
+            return drafter
+        if drafter == "ngram" and self.lookup is not None:
+            return "ngram"
         return None
 
     def mode(self, reqs=()) -> tuple:
@@ -161,11 +171,12 @@ class DeviceCycle:
         out = out.cpu()               # the step's one read: waits for the device
         t0 = time.perf_counter()      # host time from here on is the step's read-back
         snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
-        anchors = qs = None
+        anchors = qs = det = None
         if self.drafts is not None:
             anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone()
             if len(mode) > 1:
                 qs = self.drafts.proposals[: B * self.drafts.ring].clone()
+                det = self.drafts.deterministic[: B * self.drafts.ring].tolist()
         W, K = self.n + 1, self.cycles_per_step
         committed = {}
         for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
@@ -174,7 +185,7 @@ class DeviceCycle:
             head, wlen, committed_len, ring_len, cycles, verified, accepted, pending = tail
             self._store(req, snap, b, tok, depth, head, wlen, committed_len)
             if anchors is not None:
-                self.drafts.store(req, b, anchors, bool(pending), qs if not req.sampling.greedy else None)
+                self.drafts.store(req, b, anchors, bool(pending), qs if not req.sampling.greedy else None, det)
             kept = runner._spd_commit(idx, req, ring[:ring_len])
             if len(kept) != ring_len:
                 raise RuntimeError(f"spd: the device gate committed {ring_len} tokens for request {req_id}, "
@@ -273,6 +284,11 @@ class DeviceCycle:
         table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
         self.block_table[:B].copy_(table, non_blocking=True)
         self.block_table[B:P].zero_()
+        if self.lookup is not None:
+            width = max(int(runner.input_batch.num_tokens_no_spec[idx]) for idx, _, _ in work)
+            idxs = [idx for idx, _, _ in work]
+            self.lookup.load(B, torch.from_numpy(runner.input_batch.token_ids_cpu[idxs, :width]))
+            self.lookup.record(st.rows(B))
         if proposals:   # the oracle's proposal for every position a draft can take this step
             self.oracle[:B].copy_(torch.tensor(proposals), non_blocking=True)
             self.oracle_base[:B].copy_(torch.tensor(bases), non_blocking=True)
@@ -301,10 +317,20 @@ class DeviceCycle:
         live = part.live()
         drafting, sampled = mode[0], len(mode) > 1
         warp = self._warp(P, mode) if sampled else None
-        drafts = self.drafts if drafting in ("head", "oracle+pdm") else None
+        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None
+        cfg = runner.spd_cfg
         if drafts is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
             proposed = drafts.draft(part, live, self.block_table, self.block_size,
                                     None if warp is None else (warp, self.seed[:P]))
+        if drafting == "ngram":
+            proposed = self.lookup.propose(part, cfg.ngram_max, cfg.ngram_min)
+        elif drafting == "hybrid":   # prompt lookup where it matches a long suffix, for cool enough requests
+            looked, found = self.lookup.match(part, cfg.ngram_max, cfg.hybrid_min_match)
+            allowed = self.temperature[:P] <= max(cfg.hybrid_max_temperature, 0.0)
+            use = (found > 0) & allowed
+            proposed = torch.where(use, looked, proposed)
+            if warp is not None:
+                drafts.mark_deterministic(part, live, use)
         for s in reversed(range(self.n)):
             runs, tok, pos = part.stage_rows(s, live)
             self._write_metadata(P, runs, pos)
@@ -323,9 +349,11 @@ class DeviceCycle:
         logits = model.compute_logits(normed)
         part.mask_min_tokens(logits)
         target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafting)
-        part.advance(live, proposed if drafting == "head" else self._oracle_draft(P), target)
+        part.advance(live, self._oracle_draft(P) if drafting.startswith("oracle") else proposed, target)
         if drafts is not None:
             drafts.entered(part, live, runner._spd_embed)
+        if self.lookup is not None:
+            self.lookup.record(part)
 
     def _warp(self, P: int, mode: tuple) -> dict:
         """The rows' sampling settings as ``verify`` takes them; a warp no request uses is
@@ -348,14 +376,17 @@ class DeviceCycle:
             has = cand >= 0
             u = kr.uniform(seed, pos, kr.SALT_ACCEPT)
             noise = kr.exponential(seed, pos, kr.SALT_RESIDUAL, p.shape[1])
-            if drafting == "head":   # the draft module's sampled proposal q of that position
+            # a deterministic proposal (oracle, prompt lookup): q is one-hot at the candidate
+            x = cand.clamp(min=0)[:, None]
+            ok = has & (u <= p.gather(1, x)[:, 0].double())
+            residual = torch.where(has[:, None], p.scatter(1, x, 0.0), p)
+            tok = torch.where(ok, cand, verify.sample_from_probs(residual, noise=noise))
+            if drafting in ("head", "hybrid"):   # the draft module's sampled proposal q of that position
                 q = self.drafts.q_of(pos) * has[:, None]
-                _, tok = verify.verify_sampled(p, cand, q, self.drafts.pdm.draft_token_ids, uniform=u, noise=noise)
-            else:                    # a deterministic proposal: q is one-hot at the candidate
-                x = cand.clamp(min=0)[:, None]
-                ok = has & (u <= p.gather(1, x)[:, 0].double())
-                residual = torch.where(has[:, None], p.scatter(1, x, 0.0), p)
-                tok = torch.where(ok, cand, verify.sample_from_probs(residual, noise=noise))
+                _, sampled = verify.verify_sampled(p, cand, q, self.drafts.pdm.draft_token_ids, uniform=u,
+                                                   noise=noise)
+                tok = torch.where(self.drafts.deterministic_at(pos), tok, sampled) if drafting == "hybrid" \
+                    else sampled
             return torch.where(verify.greedy_mask(warp["temperature"]), logits.argmax(dim=-1), tok)
         return target
 
@@ -479,7 +510,7 @@ def applies(runner) -> bool:
 
     cfg = runner.spd_cfg
     return (envs.device_cycle() and runner.spd_link is None and cfg.verdict_lag == 0
-            and (cfg.drafter == "oracle" or (cfg.drafter == "head" and runner.spd_pdm is not None)))
+            and (cfg.drafter in ("oracle", "ngram") or (cfg.drafter in ("head", "hybrid") and runner.spd_pdm is not None)))
 
 
 def graphs_supported(runner) -> tuple[bool, str]:
@@ -492,7 +523,7 @@ def graphs_supported(runner) -> tuple[bool, str]:
         return False, "not a CUDA device"
     if not applies(runner):
         why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else \
-            "it serves one worker, verdict_lag 0 and the head or oracle drafter only"
+            "it serves one worker at verdict_lag 0 only"
         return False, why
     if runner.model_config.enforce_eager:
         return False, "vLLM runs eagerly"

@@ -49,6 +49,8 @@ class DeviceDrafts:
         self.meta: dict[int, tuple[dict, dict]] = {}
         #: sampled drafts' proposal q over the draft vocabulary, by position like the anchors
         self.proposals = torch.zeros(P * self.ring, self.pdm.draft_token_ids.numel(), dtype=torch.float32, device=dev)
+        #: the draft at a position was proposed deterministically (hybrid's prompt lookup): q is one-hot
+        self.deterministic = torch.zeros(P * self.ring, dtype=torch.bool, device=dev)
 
     # -- the ring ------------------------------------------------------------------------
     def ring_slot(self, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -70,6 +72,14 @@ class DeviceDrafts:
         """After the cycle's bookkeeping: anchor 0 of each live row's newest token (the
         draft or corrected token that entered, or the same one again)."""
         self.write(0, st.head, embed(st.tok[:, 0]), live)
+
+    def mark_deterministic(self, st: CycleState, live, where: torch.Tensor) -> None:
+        """This cycle's drafts (at ``head + 1``) that ``where`` replaced by a deterministic proposal."""
+        at = self.ring_slot(torch.arange(where.shape[0], device=where.device), st.head + 1)
+        self.deterministic[at] = torch.where(live, where, self.deterministic[at])
+
+    def deterministic_at(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.deterministic[self.ring_slot(torch.arange(pos.shape[0], device=pos.device), pos)]
 
     def q_of(self, pos: torch.Tensor) -> torch.Tensor:
         """[P, K]: the proposal each row's draft at ``pos`` was sampled from."""
@@ -118,6 +128,7 @@ class DeviceDrafts:
         ids, prop = verify.draft_proposal(logits, self.pdm.draft_token_ids, noise=noise, **warp)
         at = self.ring_slot(torch.arange(P, device=dev), st.head + 1)
         self.proposals[at] = torch.where(live[:, None], prop, self.proposals[at])
+        self.deterministic[at] = torch.where(live, torch.zeros_like(live), self.deterministic[at])
         return ids
 
     def _metadata(self, P: int, block_table):
@@ -141,11 +152,21 @@ class DeviceDrafts:
                 host_rows.append((lay.anchors.index(k), b * self.ring + pos % self.ring, value))
         for pos, q in req.draft_q.items():
             q_rows.append((b * self.ring + pos % self.ring, q))
+        # the in-flight drafts without a proposal were proposed deterministically (hybrid's lookups)
+        for e in req.pipe.window:
+            if e.pos >= req.pipe.committed_len:
+                q_rows.append((b * self.ring + e.pos % self.ring, None if e.pos in req.draft_q else True))
 
     def load_done(self, host_rows: list, q_rows: list, st: CycleState, B: int, embed) -> None:
-        if q_rows:
-            at = torch.tensor([s for s, _ in q_rows], dtype=torch.int64).to(self.proposals.device, non_blocking=True)
-            self.proposals[at] = torch.stack([q for _, q in q_rows]).to(self.proposals.dtype)
+        qs = [(s, q) for s, q in q_rows if isinstance(q, torch.Tensor)]
+        if qs:
+            at = torch.tensor([s for s, _ in qs], dtype=torch.int64).to(self.proposals.device, non_blocking=True)
+            self.proposals[at] = torch.stack([q for _, q in qs]).to(self.proposals.dtype)
+        flags = [(s, q is True) for s, q in q_rows if not isinstance(q, torch.Tensor)]
+        if flags:
+            at = torch.tensor([s for s, _ in flags], dtype=torch.int64)
+            self.deterministic[at.to(self.deterministic.device)] = torch.tensor([f for _, f in flags]).to(
+                self.deterministic.device)
         if host_rows:
             dev = self.anchors.device
             ix = torch.tensor([(a, s) for a, s, _ in host_rows], dtype=torch.int64).to(dev, non_blocking=True)
@@ -159,7 +180,8 @@ class DeviceDrafts:
         cur = self.anchors[0, at]
         self.anchors[0, at] = torch.where(valid[..., None], emb, cur)
 
-    def store(self, req, b: int, snap: torch.Tensor, pending: bool, qs: torch.Tensor | None) -> None:
+    def store(self, req, b: int, snap: torch.Tensor, pending: bool, qs: torch.Tensor | None,
+              det: list | None = None) -> None:
         """Row ``b``'s anchors back into the request: each window token's anchors from the
         stages it completed, all of the pending token's; with ``qs``, the proposals of
         its in-flight drafts (``req.draft_q``)."""
@@ -177,4 +199,5 @@ class DeviceDrafts:
                              for k in produced[min(depth, self.n)] if k in lay.anchors}
                        for pos, depth in entries}
         req.draft_q = {} if qs is None else {e.pos: qs[b * self.ring + e.pos % self.ring]
-                                              for e in req.pipe.window if e.pos >= req.pipe.committed_len}
+                                              for e in req.pipe.window if e.pos >= req.pipe.committed_len
+                                              and not det[b * self.ring + e.pos % self.ring]}
