@@ -27,6 +27,22 @@ def run(model, spec, params, prompts=PROMPTS):
     return outs, counters, steps
 
 
+def both_cycles(model, spec, params, reference, monkeypatch) -> dict:
+    """Run ``spec`` with the device cycle and with the host cycle: both outputs must equal
+    ``reference``, the device cycle must have served only when on, and the draft counters
+    must agree (the same drafts verified, the same accepted). Returns the counters."""
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
+        outs, counters, steps = run(model, spec, params)
+        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+        results[switch] = (counters, steps)
+    (on, steps_on), (off, steps_off) = results["1"], results["0"]
+    assert steps_on and steps_off is None
+    assert on == off
+    return on
+
+
 def _device_steps(worker):
     device = getattr(worker.model_runner, "spd_device", None)
     return None if device is None else device.steps
@@ -51,15 +67,7 @@ def test_device_cycle_matches_plain_and_host_cycle(tiny_qwen3, recorded, num_sta
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": num_stages, "drafter": "oracle", "oracle_tokens": path,
             "oracle_alpha": 0.7}
-    results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
-        outs, counters, steps = run(tiny_qwen3, spec, sp)
-        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
-        results[switch] = (counters, steps)
-    (on, steps_on), (off, steps_off) = results["1"], results["0"]
-    assert steps_on and steps_off is None       # the device cycle really ran, and only when on
-    assert on == off                            # the same drafts verified, the same accepted
+    on = both_cycles(tiny_qwen3, spec, sp, reference, monkeypatch)
     alpha = on["vllm:spec_decode_num_accepted_tokens"] / on["vllm:spec_decode_num_draft_tokens"]
     assert 0.55 < alpha < 0.85, alpha
 
@@ -113,15 +121,7 @@ def test_device_cycle_draft_module_matches_plain_and_host_cycle(predictable, num
     head = mirror_head(target, num_stages, str(tmp_path / "head"), context=0.05)
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": num_stages, "model": head}
-    results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
-        outs, counters, steps = run(target, spec, sp)
-        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
-        results[switch] = (counters, steps)
-    (on, steps_on), (off, steps_off) = results["1"], results["0"]
-    assert steps_on and steps_off is None
-    assert on == off
+    on = both_cycles(target, spec, sp, reference, monkeypatch)
     alpha = on["vllm:spec_decode_num_accepted_tokens"] / on["vllm:spec_decode_num_draft_tokens"]
     assert 0.3 < alpha < 0.98, alpha
 
@@ -134,15 +134,8 @@ def test_device_cycle_ngram_matches_plain_and_host_cycle(tiny_qwen3, recorded, n
     _, reference = recorded
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": num_stages, "drafter": "ngram"}
-    results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
-        outs, counters, steps = run(tiny_qwen3, spec, sp)
-        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
-        results[switch] = (counters, steps)
-    (on, steps_on), (off, steps_off) = results["1"], results["0"]
-    assert steps_on and steps_off is None
-    assert on == off and on["vllm:spec_decode_num_accepted_tokens"] > 0
+    on = both_cycles(tiny_qwen3, spec, sp, reference, monkeypatch)
+    assert on["vllm:spec_decode_num_accepted_tokens"] > 0
 
 
 def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path, monkeypatch):
@@ -155,12 +148,4 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     head = mirror_head(target, 2, str(tmp_path / "head"), context=0.05)
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": 2, "model": head, "drafter": "hybrid", "hybrid_min_match": 1}
-    results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", switch)
-        outs, counters, steps = run(target, spec, sp)
-        assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
-        results[switch] = (counters, steps)
-    (on, steps_on), (off, steps_off) = results["1"], results["0"]
-    assert steps_on and steps_off is None
-    assert on == off
+    on = both_cycles(target, spec, sp, reference, monkeypatch)
