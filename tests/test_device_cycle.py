@@ -149,3 +149,20 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": 2, "model": head, "drafter": "hybrid", "hybrid_min_match": 1}
     on = both_cycles(target, spec, sp, reference, monkeypatch)
+
+
+def test_many_stop_ids_take_the_host_cycle(tiny_qwen3, recorded):
+    """More stop ids than the device gate holds: that step takes the host cycle, exactly."""
+    from vllm import SamplingParams
+
+    from vllm_spd.device_cycle import STOP_SLOTS
+
+    path, reference = recorded
+    many = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True,
+                           stop_token_ids=list(range(4000, 4001 + STOP_SLOTS)))]
+    spec = {"method": "spd", "num_stages": 2, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.7}
+    outs, _, steps = run(tiny_qwen3, spec, many, PROMPTS[:1])
+    stops = set(many[0].stop_token_ids)
+    cut = next((i + 1 for i, t in enumerate(reference[0]) if t in stops), len(reference[0]))
+    assert list(outs[0].outputs[0].token_ids) == reference[0][:cut]
+    assert steps == 0

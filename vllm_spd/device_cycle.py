@@ -47,6 +47,8 @@ from vllm_spd.cycle_state import CycleState
 
 logger = logging.getLogger("vllm_spd")
 
+#: Stop token ids a row's gate holds on the device; a request with more takes the host cycle.
+STOP_SLOTS = 16
 #: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
 
@@ -63,7 +65,8 @@ class DeviceCycle:
         self.sizes = sorted({min(b, max_seqs) for b in GRAPH_BATCHES})
         self.max_batch = self.sizes[-1] if self.on_gpu else max_seqs
         P, dev = self.max_batch, runner.device
-        self.state = CycleState.allocate(P, self.n, self.cycles_per_step, device=dev)
+        self.state = CycleState.allocate(P, self.n, self.cycles_per_step, stop_slots=STOP_SLOTS,
+                                         mask_slots=STOP_SLOTS, device=dev)
         H = runner.spd_hidden_size
         #: [depth, row, H]: the hidden state (and residual) of each row's token of that depth
         self.hidden = torch.zeros(self.n + 1, P, H, dtype=runner.spd_dtype, device=dev)
@@ -110,7 +113,8 @@ class DeviceCycle:
     def serves(self, reqs) -> bool:
         r = self.runner
         return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and self.drafting() is not None
-                and len(reqs) <= self.max_batch and all(q.early is None for q in reqs))
+                and len(reqs) <= self.max_batch and all(q.early is None for q in reqs)
+                and all(len(q.gate.stop_ids) <= STOP_SLOTS and len(q.gate.mask_ids) <= STOP_SLOTS for q in reqs))
 
     def drafting(self) -> str | None:
         """How this step drafts: ``oracle``, ``oracle+pdm`` (the oracle proposes, the draft
