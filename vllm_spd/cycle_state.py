@@ -116,7 +116,17 @@ class CycleState:
         ``target`` may be a function ``(candidate [B], position [B]) -> [B]`` of the
         token it judges (-1 where the completing token has no successor) and that
         token's position: sampled verification returns the candidate where it accepts
-        it and the corrected token elsewhere."""
+        it and the corrected token elsewhere.
+
+        On a GPU a tensor ``target`` takes one fused Triton launch
+        (``kernels/cycle_triton.py``); this torch code is the CPU path and its reference."""
+        if not callable(target):
+            from vllm_spd.kernels import resolve_backend
+
+            if resolve_backend(self.tok) == "triton":
+                from vllm_spd.kernels.cycle_triton import advance_triton
+
+                return advance_triton(self, live, draft, target)
         n = self.num_stages
         W = n + 1
         ar = torch.arange(W, device=self.tok.device)
