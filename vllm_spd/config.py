@@ -19,6 +19,8 @@ from vllm_spd import layout
 
 logger = logging.getLogger("vllm_spd")
 
+#: ``num_stages`` when the speculative config does not set it.
+DEFAULT_NUM_STAGES = 2
 #: Target architectures SPD can run today (dense, full attention everywhere).
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 #: Attention kinds that need state rewind on a rejected draft, which SPD lacks yet.
@@ -33,7 +35,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     """
 
     method: SpeculativeMethod | Literal["spd"] | None = None
-    num_stages: int = Field(default=2, ge=1)
+    num_stages: int = Field(default=DEFAULT_NUM_STAGES, ge=1)
     """Pipeline stages the target's decoder layers are split into; tokens of one
     sequence in flight at once. With this many GPUs each stage gets its own."""
     drafter: Literal["auto", "head", "ngram", "hybrid", "oracle"] = "auto"
@@ -191,25 +193,27 @@ def decide_pipeline_size(num_stages: int, placement: str, requested_pp: int, vis
     return num_stages if visible_gpus >= num_stages and num_stages > 1 else 1
 
 
-def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[str, str | None]:
-    """``(drafter, head_dir)`` after looking for a head; validates the head it finds."""
+def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any):
+    """``(drafter, head_dir, head config or None)`` after looking for a head; validates the
+    head it finds (its ``config.json`` is read here, once)."""
     from vllm_spd import checkpoint
 
     drafter = spec.get("drafter", "auto")
-    num_stages = int(spec.get("num_stages", 2))
+    num_stages = int(spec.get("num_stages", DEFAULT_NUM_STAGES))
     head = spec.get("model")
     if drafter == "oracle":
         if not spec.get("oracle_tokens"):
             raise ValueError("spd: drafter='oracle' (a benchmark instrument) needs oracle_tokens, "
                              "a recording of the target's greedy outputs")
+        cfg = None
         if head is not None:   # the head runs every cycle to price drafting; the oracle proposes
-            checkpoint.check_fits_target(checkpoint.read_config(head), head, hf_config, num_stages,
-                                         spec.get("stage_layers"))
-        return "oracle", head
+            cfg = checkpoint.read_config(head)
+            checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"))
+        return "oracle", head, cfg
     if drafter == "ngram":
         if head is not None:
             raise ValueError("spd: drafter='ngram' takes no model; drop 'model' or use drafter='head'")
-        return "ngram", None
+        return "ngram", None, None
     if head is None:
         head = checkpoint.find_default_head(target, num_stages)
         if head is None:
@@ -221,10 +225,10 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any) -> tuple[
                 "prompt-lookup n-grams instead, which is lossless but accepts far fewer drafts. "
                 "Train a head with `python -m vllm_spd.train --target %s --num-stages %d --out DIR` "
                 "and pass it as speculative_config model.", target, num_stages, searched, target, num_stages)
-            return "ngram", None
+            return "ngram", None, None
     cfg = checkpoint.read_config(head)
     checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"))
-    return ("hybrid" if drafter == "hybrid" else "head"), head
+    return ("hybrid" if drafter == "hybrid" else "head"), head, cfg
 
 
 def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_parallel_config: Any):
@@ -232,18 +236,16 @@ def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_para
     check_keys(spec)
     hf_config = target_model_config.hf_text_config
     num_layers = check_target(target_model_config.hf_config)
-    num_stages = spec.get("num_stages", 2)
+    num_stages = spec.get("num_stages", DEFAULT_NUM_STAGES)
     if not isinstance(num_stages, int) or isinstance(num_stages, bool):
         raise ValueError(f"spd: num_stages must be an integer, got {num_stages!r}")
     if num_stages < 1 or num_stages > num_layers:
         raise ValueError(
             f"spd: num_stages={num_stages} must be between 1 and the target's {num_layers} decoder layers")
     layout.stage_layer_counts(num_layers, num_stages, spec.get("stage_layers"))
-    drafter, head = resolve_drafter(spec, target_model_config.model, hf_config)
-    if head is not None and spec.get("stage_layers") is None:
-        from vllm_spd import checkpoint
-
-        spec["stage_layers"] = checkpoint.read_config(head).stage_layers
+    drafter, head, head_cfg = resolve_drafter(spec, target_model_config.model, hf_config)
+    if head_cfg is not None and spec.get("stage_layers") is None:
+        spec["stage_layers"] = head_cfg.stage_layers
     k = spec.pop("num_speculative_tokens", None)
     cycles = spec.get("cycles_per_step") or 2 * num_stages
     if k is not None and k != max(1, cycles - 1):

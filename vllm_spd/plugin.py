@@ -114,7 +114,7 @@ def _create_engine_config(original, self, *args, **kwargs):
     spd_config.check_keys(spec)
     from vllm.platforms import current_platform
 
-    num_stages = int(spec.get("num_stages", 2))
+    num_stages = int(spec.get("num_stages", spd_config.DEFAULT_NUM_STAGES))
     placement = spec.get("stage_placement", "auto")
     gpus = _visible_gpus()
     pp = spd_config.decide_pipeline_size(num_stages, placement, self.pipeline_parallel_size, gpus)
@@ -181,7 +181,6 @@ def _create_speculative_config(original, self, target_model_config, target_paral
     spec = self.speculative_config
     if not spd_config.is_spd(spec):
         return original(self, target_model_config, target_parallel_config)
-    spd_config.check_keys(spec)
     cfg = spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)
     found = os.environ.get(PP_PARTITION_VAR)
     if target_parallel_config.pipeline_parallel_size > 1 and cfg.stage_layers and found:
