@@ -41,3 +41,28 @@ def test_info_lines_use_vllms_handler():
 def test_no_duplicate_with_a_root_handler():
     text = _run("basic")
     assert sum("spd: alpha=0.500" in line for line in text.splitlines()) == 1, text
+
+
+def test_spec_decoding_line_shows_the_one_position_spd_drafts():
+    """vLLM's 'SpecDecoding metrics' line: with spd, one per-position rate (alpha), not one
+    per placeholder; other methods keep theirs."""
+    from types import SimpleNamespace
+
+    from vllm.v1.spec_decode.metrics import SpecDecodingLogging, SpecDecodingStats
+
+    from vllm_spd.plugin import _logging_stat_logger_init
+
+    def original(self, vllm_config, *args, **kwargs):
+        self.spec_decoding_logging = SpecDecodingLogging()
+
+    lines = {}
+    for method in ("spd", "eagle3"):
+        logger = SimpleNamespace()
+        _logging_stat_logger_init(original, logger, SimpleNamespace(speculative_config={"method": method}))
+        stats = SpecDecodingStats.new(7)
+        for accepted in (1, 0, 1, 1):
+            stats.observe_draft(num_draft_tokens=1, num_accepted_tokens=accepted)
+        logger.spec_decoding_logging.observe(stats)
+        logger.spec_decoding_logging.log(log_fn=lambda fmt, *args: lines.__setitem__(method, fmt % args))
+    assert "Per-position acceptance rate: 0.750, Avg" in lines["spd"]
+    assert "Per-position acceptance rate: 0.750, 0.000, 0.000" in lines["eagle3"]

