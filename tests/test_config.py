@@ -80,43 +80,108 @@ def test_non_spd_configs_untouched(tiny_qwen3):
     ({"num_stages": 9}, {}, r"num_stages=9 must be between 1 and the target's 8 decoder layers"),
     ({"num_stages": 2}, {"pipeline_parallel_size": 3}, r"pipeline_parallel_size=3 must be 1 .* or num_stages=2"),
     ({"num_stages": 2, "stages": 4}, {}, r"unknown key\(s\) \['stages'\]"),
+    ({"num_stage": 2}, {}, r"unknown key\(s\) \['num_stage'\] in speculative_config \(did you mean 'num_stages'\?\); "
+                           r"valid keys: \["),
     ({"num_stages": 2, "cycles_per_step": 1}, {}, r"cycles_per_step=1 must be >= num_stages \+ verdict_lag=2"),
     ({"num_stages": 2, "cycles_per_step": 2, "verdict_lag": 1}, {},
      r"cycles_per_step=2 must be >= num_stages \+ verdict_lag=3"),
-    ({"num_stages": 2, "verdict_lag": 2}, {}, r"verdict_lag"),
+    ({"num_stages": 2, "verdict_lag": 2}, {}, r"^spd: verdict_lag=2: Input should be less than or equal to 1$"),
     ({"num_stages": 2, "stage_layers": [5, 5]}, {}, r"stage_layers=\[5, 5\] must have 2 positive entries"),
     ({"num_stages": 2, "drafter": "head"}, {}, r"drafter='head' but no head given and none found"),
     ({"num_stages": 2, "drafter": "hybrid"}, {}, r"drafter='hybrid' but no head given and none found"),
     ({"num_stages": 2, "num_speculative_tokens": 7}, {}, r"num_speculative_tokens=7 is derived from cycles_per_step"),
 ])
 def test_config_errors(tiny_qwen3, spec, kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as e:
         engine_config(tiny_qwen3, {"method": "spd", **spec}, **kw)
+    assert str(e.value).startswith("spd: ") and "validation error" not in str(e.value), str(e.value)
+
+
+def test_unknown_key_without_a_near_one(tiny_qwen3):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['zzz'\] in speculative_config; valid") as e:
+        engine_config(tiny_qwen3, {"method": "spd", "zzz": 1})
+    assert "did you mean" not in str(e.value)
+
+
+def _train_argv(message):
+    """The ``python -m vllm_spd.train ...`` command quoted in ``message``, as the trainer
+    parses it (so a flag it lacks, or a missing required one, fails here)."""
+    import re
+    import shlex
+
+    from vllm_spd.train.trainer import build_parser
+
+    cmd = re.search(r"`(python -m vllm_spd\.train [^`]*)`", message)
+    assert cmd, message
+    args = build_parser().parse_args(shlex.split(cmd.group(1))[3:])
+    assert args.data or args.generate_from or args.invent, "the trainer would stop: no training data"
+    return args
 
 
 def test_head_missing(tiny_qwen3, tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="^spd: head directory .* does not exist"):
         engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path / "nope")})
 
 
 def test_head_unreadable(tiny_qwen3, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="^spd: .*unreadable"):
         engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path)})
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
-    with pytest.raises(ValueError, match="no 'spd' block"):
+    with pytest.raises(ValueError, match="^spd: .*no 'spd' block"):
         engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path)})
 
 
 def test_head_for_other_target(tiny_qwen3, qwen3_real_vocab, tmp_path):
     init_head(qwen3_real_vocab, 2, str(tmp_path / "h"))
-    with pytest.raises(ValueError, match=r"vocab_size: head 151936, target 4096.*num_hidden_layers: head 4, target 8"):
+    with pytest.raises(ValueError, match=r"^spd: head .*vocab_size: head 151936, target 4096.*"
+                                         r"num_hidden_layers: head 4, target 8") as e:
         engine_config(tiny_qwen3, {"method": "spd", "model": str(tmp_path / "h")})
+    args = _train_argv(str(e.value))          # a head for this target, not the head's one
+    assert (args.target, args.num_stages) == (tiny_qwen3, 2)
+    assert "use this head as it is" not in str(e.value)
 
 
 def test_head_for_other_num_stages(tiny_qwen3, head2):
-    with pytest.raises(ValueError, match="num_stages: head trained for 2, config asks 4"):
+    """The error says how to get a head that fits: the train command for num_stages 4,
+    writing where the plugin looks by default, and that this head works at num_stages 2."""
+    import os
+
+    with pytest.raises(ValueError, match="^spd: head .*num_stages: head trained for 2, config asks 4") as e:
         engine_config(tiny_qwen3, {"method": "spd", "num_stages": 4, "model": head2})
+    message = str(e.value)
+    default_dir = os.path.join(tiny_qwen3, "spd_head_s4")
+    assert f"python -m vllm_spd.train --target {tiny_qwen3} --num-stages 4 --invent " in message
+    args = _train_argv(message)
+    assert (args.target, args.num_stages, args.out, args.stage_layers) == (tiny_qwen3, 4, default_dir, None)
+    assert repr(default_dir) in message                   # where a num_stages=4 head is found
+    assert "use this head as it is with num_stages=2" in message
+
+
+def test_head_for_other_stage_split(tiny_qwen3, head2):
+    with pytest.raises(ValueError, match=r"stage_layers: head \[4, 4\], config \[5, 3\]") as e:
+        engine_config(tiny_qwen3, {"method": "spd", "num_stages": 2, "stage_layers": [5, 3], "model": head2})
+    args = _train_argv(str(e.value))
+    assert (args.num_stages, args.stage_layers) == (2, [5, 3])
+
+
+def test_no_head_warning_gives_a_working_train_command(tiny_qwen3, tmp_path, monkeypatch):
+    from vllm_spd import config
+
+    monkeypatch.setenv("VLLM_SPD_CACHE", str(tmp_path))
+    warnings = []
+    monkeypatch.setattr(config.logger, "warning", lambda msg, *a: warnings.append(msg % a))
+    spec = engine_config(tiny_qwen3, {"method": "spd", "num_stages": 4}).speculative_config
+    assert spec.drafter == "ngram"
+    (message,) = [w for w in warnings if "no draft head" in w]
+    args = _train_argv(message)
+    assert (args.target, args.num_stages) == (tiny_qwen3, 4)
+    import os
+
+    assert args.out == os.path.join(tiny_qwen3, "spd_head_s4")    # found there next time
+    with pytest.raises(ValueError, match="no head given and none found") as e:
+        engine_config(tiny_qwen3, {"method": "spd", "num_stages": 4, "drafter": "head"})
+    assert _train_argv(str(e.value)).num_stages == 4
 
 
 def test_head_weights_corrupt(tiny_qwen3, head2, tmp_path):
@@ -125,7 +190,7 @@ def test_head_weights_corrupt(tiny_qwen3, head2, tmp_path):
     bad = tmp_path / "h"
     shutil.copytree(head2, bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="^spd: head weights .* are unreadable"):
         from vllm_spd import checkpoint
 
         checkpoint.load_tensors(str(bad))
@@ -158,7 +223,7 @@ def test_hybrid_linear_attention_refused():
 
 def test_version_gate(monkeypatch):
     monkeypatch.delenv("VLLM_SPD_SKIP_VERSION_CHECK", raising=False)
-    with pytest.raises(RuntimeError, match=r"found vLLM 0\.33\.0.*VLLM_SPD_SKIP_VERSION_CHECK=1"):
+    with pytest.raises(RuntimeError, match=r"^spd: .*found vLLM 0\.33\.0.*VLLM_SPD_SKIP_VERSION_CHECK=1"):
         plugin.check_vllm_version("0.33.0")
     plugin.check_vllm_version("0.32.0+cpu")
     monkeypatch.setenv("VLLM_SPD_SKIP_VERSION_CHECK", "1")

@@ -65,32 +65,33 @@ def write_config(head_dir: str, cfg: HeadConfig) -> None:
 def read_config(head_dir: str) -> HeadConfig:
     path = os.path.join(head_dir, "config.json")
     if not os.path.isdir(head_dir):
-        raise HeadError(f"spd head directory {head_dir!r} does not exist")
+        raise HeadError(f"spd: head directory {head_dir!r} does not exist")
     try:
         with open(path) as f:
             doc = json.load(f)
     except FileNotFoundError:
-        raise HeadError(f"spd head {head_dir!r} has no config.json (is it a head directory?)") from None
+        raise HeadError(f"spd: head {head_dir!r} has no config.json (is it a head directory?)") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise HeadError(f"spd head config {path!r} is unreadable: {e}") from None
+        raise HeadError(f"spd: head config {path!r} is unreadable: {e}") from None
     block = doc.get("spd") if isinstance(doc, dict) else None
     if not isinstance(block, dict):
-        raise HeadError(f"{path!r} has no 'spd' block: not an SPD draft head")
+        raise HeadError(f"spd: {path!r} has no 'spd' block: not an SPD draft head")
     known = {f.name for f in dataclasses.fields(HeadConfig)}
     try:
         cfg = HeadConfig(**{k: v for k, v in block.items() if k in known})
     except TypeError as e:
-        raise HeadError(f"{path!r}: incomplete 'spd' block ({e})") from None
+        raise HeadError(f"spd: {path!r}: incomplete 'spd' block ({e})") from None
     if cfg.format_version != FORMAT_VERSION:
-        raise HeadError(f"{path!r}: head format {cfg.format_version}, this vllm_spd reads {FORMAT_VERSION}")
+        raise HeadError(f"spd: {path!r}: head format {cfg.format_version}, this vllm_spd reads {FORMAT_VERSION}")
     if not os.path.isfile(os.path.join(head_dir, WEIGHTS_FILE)):
-        raise HeadError(f"spd head {head_dir!r} has no {WEIGHTS_FILE}")
+        raise HeadError(f"spd: head {head_dir!r} has no {WEIGHTS_FILE}")
     return cfg
 
 
 def check_fits_target(cfg: HeadConfig, head_dir: str, hf_config: Any, num_stages: int,
-                      stage_layers: list[int] | None) -> None:
-    """Raise HeadError naming each mismatch between a head and the deployment."""
+                      stage_layers: list[int] | None, target: str | None = None) -> None:
+    """Raise HeadError naming each mismatch between a head and the deployment; with
+    ``target`` (the target model path) the message also says how to get a head that fits."""
     problems = []
     for name, head_value, target_value in (
         ("hidden_size", cfg.hidden_size, hf_config.hidden_size),
@@ -99,12 +100,48 @@ def check_fits_target(cfg: HeadConfig, head_dir: str, hf_config: Any, num_stages
     ):
         if head_value != target_value:
             problems.append(f"{name}: head {head_value}, target {target_value}")
+    same_target = not problems
     if cfg.num_stages != num_stages:
         problems.append(f"num_stages: head trained for {cfg.num_stages}, config asks {num_stages}")
     if stage_layers is not None and list(stage_layers) != list(cfg.stage_layers):
         problems.append(f"stage_layers: head {cfg.stage_layers}, config {stage_layers}")
-    if problems:
-        raise HeadError(f"spd head {head_dir!r} does not fit the target: " + "; ".join(problems))
+    if not problems:
+        return
+    msg = f"spd: head {head_dir!r} does not fit the target: " + "; ".join(problems)
+    if target is not None:
+        msg += ". " + how_to_get_head(target, num_stages, stage_layers)
+        if same_target and cfg.num_stages != num_stages:
+            msg += f" Or use this head as it is with num_stages={cfg.num_stages}"
+            if stage_layers is not None and list(stage_layers) != list(cfg.stage_layers):
+                msg += f" and stage_layers={cfg.stage_layers}"
+            msg += "."
+    raise HeadError(msg)
+
+
+#: Prompts the target invents and answers in :func:`train_command`: the smallest training
+#: run that needs no data files (README's recipe).
+TRAIN_INVENT_PROMPTS = 20000
+
+
+def train_command(target: str, num_stages: int, stage_layers: list[int] | None = None,
+                  out: str | None = None) -> str:
+    """A ``python -m vllm_spd.train`` command line that trains a head for this deployment,
+    runnable as written (no data files needed: the target answers prompts it invents).
+    ``out`` defaults to the first place :func:`find_default_head` looks, so the plugin
+    finds the head without being told."""
+    out = out or default_head_dirs(target, num_stages)[0]
+    cmd = f"python -m vllm_spd.train --target {target} --num-stages {num_stages}"
+    if stage_layers is not None:
+        cmd += " --stage-layers " + ",".join(str(int(n)) for n in stage_layers)
+    return cmd + f" --invent {TRAIN_INVENT_PROMPTS} --out {out}"
+
+
+def how_to_get_head(target: str, num_stages: int, stage_layers: list[int] | None = None) -> str:
+    """One sentence telling a user how to get a head for ``target`` at ``num_stages``."""
+    return (f"Train one that fits with `{train_command(target, num_stages, stage_layers)}` "
+            f"(or --data CONVERSATIONS.jsonl instead of --invent); a head for num_stages={num_stages} "
+            f"is found without naming it as speculative_config model in "
+            f"{default_head_dirs(target, num_stages)}.")
 
 
 def default_head_dirs(target: str, num_stages: int) -> list[str]:
@@ -134,7 +171,7 @@ def load_tensors(head_dir: str) -> dict:
     try:
         return load_file(os.path.join(head_dir, WEIGHTS_FILE))
     except Exception as e:  # safetensors raises several types for a bad file
-        raise HeadError(f"spd head weights {os.path.join(head_dir, WEIGHTS_FILE)!r} are unreadable: {e}") from None
+        raise HeadError(f"spd: head weights {os.path.join(head_dir, WEIGHTS_FILE)!r} are unreadable: {e}") from None
 
 
 def check_tensors(cfg: HeadConfig, tensors: dict, head_dir: str) -> None:
@@ -157,7 +194,7 @@ def check_tensors(cfg: HeadConfig, tensors: dict, head_dir: str) -> None:
         if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size or bool((ids[1:] <= ids[:-1]).any()):
             problems.append("draft_token_ids must be strictly increasing ids inside the vocabulary")
     if problems:
-        raise HeadError(f"spd head {head_dir!r}: " + "; ".join(problems))
+        raise HeadError(f"spd: head {head_dir!r}: " + "; ".join(problems))
 
 
 def save_head(head_dir: str, cfg: HeadConfig, tensors: dict) -> None:

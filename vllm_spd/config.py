@@ -8,10 +8,11 @@ a user gets one clear ``ValueError`` naming the problem instead of a pydantic du
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from vllm.config.speculative import SpeculativeConfig, SpeculativeMethod
 from vllm.config.utils import config
 
@@ -139,8 +140,14 @@ def is_spd(spec: Any) -> bool:
 def check_keys(spec: dict[str, Any]) -> None:
     unknown = sorted(set(spec) - SPD_KEYS)
     if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), sorted(SPD_KEYS), n=1)
+            if close:
+                hints.append(f"{key!r} -> {close[0]!r}" if len(unknown) > 1 else repr(close[0]))
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise ValueError(
-            f"spd: unknown key(s) {unknown} in speculative_config; valid keys: {sorted(SPD_KEYS)}"
+            f"spd: unknown key(s) {unknown} in speculative_config{hint}; valid keys: {sorted(SPD_KEYS)}"
         )
 
 
@@ -208,7 +215,7 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any):
         cfg = None
         if head is not None:   # the head runs every cycle to price drafting; the oracle proposes
             cfg = checkpoint.read_config(head)
-            checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"))
+            checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"), target)
         return "oracle", head, cfg
     if drafter == "ngram":
         if head is not None:
@@ -218,16 +225,19 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any):
         head = checkpoint.find_default_head(target, num_stages)
         if head is None:
             searched = checkpoint.default_head_dirs(target, num_stages)
+            train = checkpoint.train_command(target, num_stages, spec.get("stage_layers"))
             if drafter in ("head", "hybrid"):
-                raise ValueError(f"spd: drafter={drafter!r} but no head given and none found in {searched}")
+                raise ValueError(f"spd: drafter={drafter!r} but no head given and none found in {searched}; "
+                                 f"train one with `{train}` (found there by default), or pass "
+                                 "a head directory as speculative_config model")
             logger.warning(
                 "spd: no draft head for %s with num_stages=%d (looked in %s); drafting with "
                 "prompt-lookup n-grams instead, which is lossless but accepts far fewer drafts. "
-                "Train a head with `python -m vllm_spd.train --target %s --num-stages %d --out DIR` "
-                "and pass it as speculative_config model.", target, num_stages, searched, target, num_stages)
+                "Train a head with `%s` (written where it is found by default; or pass any head "
+                "directory as speculative_config model).", target, num_stages, searched, train)
             return "ngram", None, None
     cfg = checkpoint.read_config(head)
-    checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"))
+    checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"), target)
     return ("hybrid" if drafter == "hybrid" else "head"), head, cfg
 
 
@@ -242,7 +252,10 @@ def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_para
     if num_stages < 1 or num_stages > num_layers:
         raise ValueError(
             f"spd: num_stages={num_stages} must be between 1 and the target's {num_layers} decoder layers")
-    layout.stage_layer_counts(num_layers, num_stages, spec.get("stage_layers"))
+    try:
+        layout.stage_layer_counts(num_layers, num_stages, spec.get("stage_layers"))
+    except ValueError as e:
+        raise ValueError(f"spd: {e}") from None
     drafter, head, head_cfg = resolve_drafter(spec, target_model_config.model, hf_config)
     if head_cfg is not None and spec.get("stage_layers") is None:
         spec["stage_layers"] = head_cfg.stage_layers
@@ -253,8 +266,21 @@ def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_para
             f"spd: num_speculative_tokens={k} is derived from cycles_per_step ({cycles} -> {cycles - 1}); "
             "set cycles_per_step instead")
     spec.update(drafter=drafter, model=head)
-    return SPDSpeculativeConfig(**spec, target_model_config=target_model_config,
-                                target_parallel_config=target_parallel_config)
+    try:
+        return SPDSpeculativeConfig(**spec, target_model_config=target_model_config,
+                                    target_parallel_config=target_parallel_config)
+    except ValidationError as e:   # pydantic's dump names the whole config object; say what is wrong
+        raise ValueError(plain_validation_error(e)) from None
+
+
+def plain_validation_error(e: ValidationError) -> str:
+    """``spd: <key>=<value>: <problem>; ...`` for pydantic's errors on an spd config."""
+    parts = []
+    for err in e.errors():
+        msg = err.get("msg", "").removeprefix("Value error, ").removeprefix("spd: ")
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}={err.get('input')!r}: {msg}" if loc else msg)
+    return "spd: " + "; ".join(parts)
 
 
 assert "spd" not in get_args(SpeculativeMethod), "vLLM now knows 'spd' itself; revisit the plugin"
