@@ -102,10 +102,10 @@ class DeviceCycle:
         self.min_p = torch.zeros(P, dtype=torch.float32, device=dev)
         self.seed = torch.zeros(P, dtype=torch.int64, device=dev)
         #: (padded batch, mode) -> the graph of one cycle
-        self.graphs: dict[tuple[int, str], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, tuple], torch.cuda.CUDAGraph] = {}
         self.meta: dict[int, tuple[dict, dict]] = {}
         self.steps = 0
-        #: with ``timing`` on, per cycle (host launch seconds, device ms) and idle ms between cycles
+        #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
         self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_cycles": []}
 
