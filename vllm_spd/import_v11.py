@@ -33,19 +33,19 @@ logger = logging.getLogger("vllm_spd")
 def convert_v11(blob: dict, target_config, draft_token_ids: list[int] | None = None):
     """``(HeadConfig, tensors)`` from a loaded v11 dict; raises HeadError on a mismatch."""
     if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        raise checkpoint.HeadError("not a v11 SPD checkpoint: expected a dict with 'state_dict' and 'config'")
+        raise checkpoint.HeadError("spd: not a v11 SPD checkpoint: expected a dict with 'state_dict' and 'config'")
     cfg, sd = blob["config"], blob["state_dict"]
     if cfg.get("version") != 11:
-        raise checkpoint.HeadError(f"checkpoint version {cfg.get('version')!r}: only version 11 heads can be imported")
+        raise checkpoint.HeadError(f"spd: checkpoint version {cfg.get('version')!r}: only version 11 heads can be imported")
     if cfg.get("stage_layers"):
-        raise checkpoint.HeadError("checkpoint has a v12 'stage_layers' split, which the reference never released")
+        raise checkpoint.HeadError("spd: checkpoint has a v12 'stage_layers' split, which the reference never released")
     L, H, V = target_config.num_hidden_layers, target_config.hidden_size, target_config.vocab_size
     problems = [f"{k}: checkpoint {cfg.get(k)}, target {v}" for k, v in
                 (("hidden_size", H), ("vocab_size", V)) if cfg.get(k) != v]
     if problems:
-        raise checkpoint.HeadError("checkpoint does not fit the target: " + "; ".join(problems))
+        raise checkpoint.HeadError("spd: checkpoint does not fit the target: " + "; ".join(problems))
     if target_config.model_type == "llama":
-        raise checkpoint.HeadError("reference heads for Llama targets use Qwen3-style layers with q/k norms, "
+        raise checkpoint.HeadError("spd: reference heads for Llama targets use Qwen3-style layers with q/k norms, "
                                    "which a Llama target's layers do not have; not importable")
     n, anchors = int(cfg["num_stages"]), [int(a) for a in cfg["aggr_feature_bound"]]
     lay = layout.StageLayout.build(L, n, anchors)
@@ -56,7 +56,7 @@ def convert_v11(blob: dict, target_config, draft_token_ids: list[int] | None = N
     K = int(cfg.get("draft_vocab_size") or sd["lm_head.weight"].shape[0])
     if ids is None:
         if K != V:
-            raise checkpoint.HeadError(f"checkpoint has a {K}-token draft vocabulary but no draft_token_ids; "
+            raise checkpoint.HeadError(f"spd: checkpoint has a {K}-token draft vocabulary but no draft_token_ids; "
                                        "pass the draft vocabulary JSON (--draft-vocab)")
         ids = list(range(V))
     tensors = {}
@@ -64,7 +64,7 @@ def convert_v11(blob: dict, target_config, draft_token_ids: list[int] | None = N
         if name.startswith("spec_layers."):
             name = "layers." + name[len("spec_layers."):]
         elif not name.startswith(("aggr_projs.", "lm_head.")):
-            raise checkpoint.HeadError(f"unexpected tensor {name!r} in a v11 state_dict")
+            raise checkpoint.HeadError(f"spd: unexpected tensor {name!r} in a v11 state_dict")
         tensors[name] = value.detach().to(torch.float32).contiguous()
     tensors["draft_token_ids"] = torch.tensor(sorted(ids), dtype=torch.int64)
     overrides = {}

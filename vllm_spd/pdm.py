@@ -105,7 +105,7 @@ class PipelineDraftModule(nn.Module):
                     break
             param = own.get(target_name)
             if param is None:
-                raise checkpoint.HeadError(f"spd head {head_dir!r}: unexpected tensor {name!r} for this target's layers")
+                raise checkpoint.HeadError(f"spd: head {head_dir!r}: unexpected tensor {name!r} for this target's layers")
             loader = getattr(param, "weight_loader", None)
             value = value.to(param.dtype)
             if shard is not None:
@@ -117,7 +117,7 @@ class PipelineDraftModule(nn.Module):
             loaded.add(target_name)
         missing = sorted(set(own) - loaded)
         if missing:
-            raise checkpoint.HeadError(f"spd head {head_dir!r} lacks weights for {missing}")
+            raise checkpoint.HeadError(f"spd: head {head_dir!r} lacks weights for {missing}")
         self.pack_projections()
 
     def pack_projections(self) -> None:
