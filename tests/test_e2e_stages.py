@@ -47,9 +47,13 @@ def generate(model, spec=None, temperature=0.0, seed=None):
 def draws_in_both_placements(model, spec):
     """Seeded T=1 output of the one-worker placement and of one stage per rank (the
     placements asserted); returns ``(one worker, pipeline, pipeline counters)``. Both
-    get the same ``verdict_lag`` (0 unless given; its default differs by placement)."""
+    get the same ``verdict_lag`` (0 unless given; its default differs by placement), and
+    both the host-driven cycle, which draws from the request's generator: the one-worker
+    device cycle draws keyed on (seed, position) instead, which pipeline ranks do not yet."""
     spec = {"verdict_lag": 0, **spec}
-    one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_SPD_DEVICE_CYCLE", "0")
+        one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
     ranks, counters, ppn = generate(model, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
     assert (pp1, ppn) == (1, spec["num_stages"])
     return one, ranks, counters
