@@ -218,11 +218,8 @@ class DeviceCycle:
             if len(win) > W:
                 raise RuntimeError(f"spd: request {req_id} holds {len(win)} in-flight tokens, more than {W}")
             state = runner.requests[req_id]
-            sp = state.sampling_params
-            stop = sorted(req.gate.stop_ids)
+            stop = sorted(req.gate.stop_ids)      # at most STOP_SLOTS each (``serves``)
             mask = sorted(req.gate.mask_ids)
-            if len(stop) > S or len(mask) > M:
-                raise RuntimeError(f"spd: request {req_id} has more stop ids than the device gate holds")
             blocks = len(state.block_ids[0])
             limit = min(runner.max_model_len, blocks * self.block_size)
             room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
@@ -401,13 +398,13 @@ class DeviceCycle:
 
     def _write_metadata(self, P, runs, pos) -> None:
         st = self.state
+        from vllm_spd.staged import device_slots
+
         ok = runs & (pos < st.limit[:P]) & (pos >= 0)
         p = pos.clamp(min=0)
-        col = (p // self.block_size).clamp(max=self.block_table.shape[1] - 1)
-        block = self.block_table[:P].gather(1, col[:, None])[:, 0].to(torch.int64)
         self.positions[:P].copy_(p)
         self.seq_lens[:P].copy_(torch.where(ok, p + 1, torch.ones_like(p)).to(torch.int32))
-        self.slots[:P].copy_(torch.where(ok, block * self.block_size + p % self.block_size, torch.full_like(p, -1)))
+        self.slots[:P].copy_(device_slots(self.block_table[:P], pos, ok, self.block_size))
 
     def _run_layers(self, tm, first, last, P, hidden, residual, capture=()):
         """Layers ``first..last-1``; anchor k in ``capture`` is ``hidden + residual`` after

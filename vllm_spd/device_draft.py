@@ -23,6 +23,7 @@ import torch
 
 from vllm_spd.cycle_state import CycleState
 from vllm_spd.kernels import aggregate_anchors
+from vllm_spd.staged import device_slots
 
 
 class DeviceDrafts:
@@ -106,11 +107,9 @@ class DeviceDrafts:
         rows = torch.arange(P, device=dev)[:, None].expand(P, q)
         ring = self.ring_slot(rows, pos).flatten()
         p = pos.clamp(min=0)
-        col = (p // block_size).clamp(max=block_table.shape[1] - 1)
-        blocks = block_table[:P].gather(1, col).to(torch.int64)
         ok = real & (p < st.limit[:, None])
         self.positions[: P * q].copy_(p.flatten())
-        self.slots[: P * q].copy_(torch.where(ok, blocks * block_size + p % block_size, torch.full_like(p, -1)).flatten())
+        self.slots[: P * q].copy_(device_slots(block_table[:P], p, ok, block_size).flatten())
         self.seq_lens[:P].copy_((start.clamp(min=0) + q).to(torch.int32))
         x = aggregate_anchors(self.anchors, types, self.pdm.packed, slots=ring)
         attn, slots = self._metadata(P, block_table)
