@@ -199,7 +199,7 @@ def run_system(a) -> list[dict]:
     t0 = time.perf_counter()
     llm = LLM(**kw)
     start_s = round(time.perf_counter() - t0, 1)
-    rows = []
+    rows = Rows()
     base = dict(system=system, num_gpus=1 if system in ("tp1", "spd1") else n, engine_start_s=start_s)
     if system == "spd1":
         base["num_stages"] = n
@@ -259,6 +259,15 @@ def _random_head(a, mdir: str, split) -> str:
     return head
 
 
+class Rows(list):
+    """A system's rows, each also printed as it is measured, so that a system cut off by
+    --system-timeout still reports the rows it finished."""
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        print("ROW " + json.dumps(row), flush=True)
+
+
 def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
     """All n stages in one worker on one GPU, per alpha: the device cycle (with its host
     and device time per cycle), at ``--one-gpu-pdm-alphas`` also with a random draft
@@ -266,7 +275,7 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
     host-driven cycle in the same engine, for comparison."""
     from vllm_spd.oracle import save_recording
 
-    rows = []
+    rows = Rows()
     for b in a.batch:
         prompts = _prompts(vocab, b, a.input_len)
         llm.collective_rpc(_set_oracle, args=(rec, 0.0, "oracle", False))
@@ -278,6 +287,8 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
             for cycle, pdm in kinds:
                 llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", pdm))
                 llm.collective_rpc(_device_cycle, args=(cycle == "device",))
+                if (b, alpha, cycle, pdm) == (a.batch[0], a.alphas[0], "device", False):
+                    llm.collective_rpc(_arm_profile, args=(4,))   # a steady-state step of its warm-up
                 row = _speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced" if pdm else "oracle",
                                                "alpha": alpha, "cycle": cycle})
                 if cycle == "device":
@@ -424,7 +435,10 @@ def main(argv=None) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
             sys.stderr.write(stdout[-3000:] + stderr[-12000:])
-            print(f"[{system}] timed out after {a.system_timeout} s", flush=True)
+            done = [json.loads(line[4:]) for line in stdout.splitlines() if line.startswith("ROW ")]
+            rows += [dict(r, cut_off=True) for r in done]
+            print(f"[{system}] timed out after {a.system_timeout} s ({len(done)} rows finished)", flush=True)
+            _write(a, rows)
             continue
         finally:
             try:
@@ -438,12 +452,16 @@ def main(argv=None) -> None:
             continue
         rows += json.loads(found[-1][5:])
         print(f"[{system}] done", flush=True)
-        result = dict(_settings(a), rows=rows)
-        if a.out:   # after every system, so a cut-off run keeps what it measured
-            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-            with open(a.out, "w") as f:
-                json.dump(result, f, indent=1)
+        _write(a, rows)
     print_table(rows)
+
+
+def _write(a, rows: list[dict]) -> None:
+    """Write --out after every system, so a cut-off run keeps what it measured."""
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(dict(_settings(a), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -253,19 +253,35 @@ def test_plugin_excluded_by_vllm_plugins(tiny_qwen3):
     assert "VLLM_PLUGINS" in proc.stderr
 
 
-def test_custom_ops_turned_on_for_one_worker_unless_chosen():
+def test_fused_kernels_turned_on_for_one_worker_unless_chosen():
     """One-worker SPD runs decoder layers outside vLLM's compiled forward, so vLLM's fused
-    custom ops are turned on, unless the user chose a base mode ('all' or 'none')."""
+    custom ops (base mode 'all') and its fused RMSNorm kernels (IR op priority 'vllm_c')
+    are turned on, unless the user chose otherwise."""
     from types import SimpleNamespace
 
-    from vllm.config import CompilationConfig
+    from vllm.config import CompilationConfig, KernelConfig
+    from vllm.config.kernel import IrOpPriorityConfig
 
-    from vllm_spd.plugin import custom_ops_on
+    from vllm_spd.plugin import fused_kernels_on
 
-    args = SimpleNamespace(compilation_config=CompilationConfig())    # as EngineArgs holds it
-    assert custom_ops_on(args) and args.compilation_config.custom_ops == ["all"]
-    assert not custom_ops_on(args)                     # once
-    chosen = SimpleNamespace(compilation_config=CompilationConfig(custom_ops=["none", "+rms_norm"]))
-    assert not custom_ops_on(chosen) and chosen.compilation_config.custom_ops == ["none", "+rms_norm"]
-    as_dict = SimpleNamespace(compilation_config={})
-    assert custom_ops_on(as_dict) and as_dict.compilation_config == {"custom_ops": ["all"]}
+    def engine_args(cc, ir=None, kc=None):              # as EngineArgs holds them
+        return SimpleNamespace(compilation_config=cc, ir_op_priority=ir or IrOpPriorityConfig(),
+                               kernel_config=kc or KernelConfig())
+
+    args = engine_args(CompilationConfig())
+    assert fused_kernels_on(args) == ["custom_ops", "rms_norm", "fused_add_rms_norm"]
+    assert args.compilation_config.custom_ops == ["all"]
+    assert args.ir_op_priority.rms_norm == ["vllm_c"] == args.ir_op_priority.fused_add_rms_norm
+    assert fused_kernels_on(args) == []                  # once
+    chosen = engine_args(CompilationConfig(custom_ops=["none", "+rms_norm"]),
+                         IrOpPriorityConfig(rms_norm=["native"]))
+    assert fused_kernels_on(chosen) == ["fused_add_rms_norm"]
+    assert chosen.compilation_config.custom_ops == ["none", "+rms_norm"]
+    assert chosen.ir_op_priority.rms_norm == ["native"]
+    in_kernel = engine_args(CompilationConfig(), kc=KernelConfig(
+        ir_op_priority=IrOpPriorityConfig(rms_norm=["native"], fused_add_rms_norm=["native"])))
+    assert fused_kernels_on(in_kernel) == ["custom_ops"]
+    as_dict = SimpleNamespace(compilation_config={}, ir_op_priority={}, kernel_config={})
+    assert fused_kernels_on(as_dict) == ["custom_ops", "rms_norm", "fused_add_rms_norm"]
+    assert as_dict.compilation_config == {"custom_ops": ["all"]}
+    assert as_dict.ir_op_priority == {"rms_norm": ["vllm_c"], "fused_add_rms_norm": ["vllm_c"]}
