@@ -183,6 +183,43 @@ def print_table(result: dict) -> None:
                   f"{x['wall_s']:.0f} |")
 
 
+def plot_categories(result: dict, path: str) -> str | None:
+    """A PNG beside the result JSON (``x.json`` -> ``x.png``): alpha per prompt category,
+    one group of bars per file and temperature. Returns its path; None without
+    categories or without matplotlib (``pip install .[bench]``)."""
+    rows = [r for r in result["results"] if r.get("categories")]
+    if not rows:
+        return None
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no category plot (pip install '.[bench]')")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(max(4.0, 0.7 * max(len(r["categories"]) for r in rows) + 1.5)
+                                                     * len(rows), 4.2), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        names = [c or "(none)" for c in r["categories"]]
+        alphas = [c["alpha"] for c in r["categories"].values()]
+        ax.bar(names, alphas, color="tab:blue")
+        ax.axhline(r["alpha"], color="dimgray", linestyle="--", linewidth=1, label=f"all: {r['alpha']:.3f}")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("alpha (accepted / drafts)")
+        ax.set_title(f"{r['file']}, T={r['temperature']}", fontsize=9)
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.legend(fontsize=8)
+    head = result.get("head") or {}
+    fig.suptitle(f"{os.path.basename(result['target'])}, n={result['num_stages']}, drafter {result['drafter']}"
+                 + (f" (head {os.path.basename(head.get('path', ''))})" if head else ""), fontsize=9)
+    fig.tight_layout()
+    out = os.path.splitext(path)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
                        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
@@ -247,6 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
     write_result(result, a.out)
     print_table(result)
     print(f"wrote {a.out} ({result['wall_s_total']:.0f} s)")
+    png = plot_categories(result, a.out)
+    if png:
+        print(f"wrote {png}")
     return result
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Plot decode tok/s against the measured acceptance alpha, per system, from
-`decode_speed.py` results: one panel per (hardware, num_stages), SPD's oracle rows as
-lines, plain vLLM (TP=1, TP=n, PP=n) as horizontal lines.
+`decode_speed.py` results: one panel per (hardware, num_stages), and one per hardware for
+all stages on one GPU; SPD's oracle rows as lines, plain vLLM (TP=1, TP=n, PP=n) as
+horizontal lines.
 
     python benchmarks/plot_decode_speed.py                  # the results the README cites
     python benchmarks/plot_decode_speed.py A.json B.json:"earlier code" --batch 4 --out plot.png
@@ -21,6 +22,7 @@ DEFAULT_INPUTS = [
     f"{HERE}/results/decode_speed_n2_h200_lag1.json",
     f"{HERE}/results/decode_speed_n2_h200_early.json:controller broadcasts before its stage (earlier code)",
     f"{HERE}/results/decode_speed_n4_h200.json",
+    f"{HERE}/results/decode_speed_1gpu_h100.json",
 ]
 BASELINES = {"tp1": ("plain vLLM TP=1", ":"), "tpn": ("plain vLLM TP={n}", "--"), "ppn": ("plain vLLM PP={n}", "-.")}
 
@@ -32,12 +34,18 @@ def load(specs: list[str], batch: int):
     for spec in specs:
         path, sep, label = spec.partition(".json:")
         data = json.loads(Path(path + ".json" if sep else path).read_text())
-        key = (data["hardware"], int(data["num_stages"]))
+        one_gpu = any(row["system"] == "spd1" for row in data["rows"])
+        key = (data["hardware"], 1 if one_gpu else int(data["num_stages"]))
         for row in data["rows"]:
             if row["batch"] != batch:
                 continue
             if row["system"] in BASELINES:
                 panels[key]["base"].setdefault(row["system"], row["out_tok_s"])
+            elif row["system"] == "spd1" and row.get("drafter") == "oracle" and row.get("cycle") == "device":
+                name = f"SPD n={row['num_stages']}, all stages on one GPU (device cycle)"
+                if label:
+                    name += f", {label}"
+                panels[key]["spd"][name].append((row["measured_alpha"], row["out_tok_s"]))
             elif row["system"] == "spd" and row.get("drafter") == "oracle":
                 name = f"SPD n={key[1]}, verdict_lag {row.get('verdict_lag')}"
                 if label:
@@ -63,7 +71,7 @@ def plot(panels: dict, batch: int, out: Path) -> None:
             label, line = BASELINES[system]
             ax.axhline(tok_s, linestyle=line, color="dimgray", linewidth=1.2,
                        label=f"{label.format(n=n)}: {tok_s:.0f}")
-        ax.set_title(f"{hardware}, n={n}, batch {batch}")
+        ax.set_title(f"{hardware}, {'one GPU' if n == 1 else f'n={n}'}, batch {batch}")
         ax.set_xlabel("measured alpha (oracle drafts)")
         ax.set_ylabel("decode tok/s")
         ax.grid(alpha=0.3)

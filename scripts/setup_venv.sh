@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.spd-setup-done"
-REQ_HASH=$(cat setup.py scripts/setup_venv.sh vllm_spd_plugin_check.pth | sha256sum | cut -c1-16)
+REQ_HASH=$(cat pyproject.toml setup.py scripts/setup_venv.sh vllm_spd_plugin_check.pth | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$REQ_HASH" ]; then
   exit 0
 fi

@@ -114,3 +114,7 @@ def test_acceptance_bench_by_category(tiny_qwen3, tmp_path):
     # The file's row is the categories' counts added up, its alpha their pooled rate.
     for k in ("output_tokens", "drafts", "accepted", "cycles", "model_cycles"):
         assert row[k] == sum(r[k] for r in cats.values()), k
+    # Beside the JSON, a PNG of alpha per category (matplotlib is in the test set-up).
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "cats_result.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,3 +29,12 @@ def test_writes_a_png(tmp_path):
     out = tmp_path / "plot.png"
     _module().main(["--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_gpu_panel_holds_the_device_cycle_rows_and_plain_tp1():
+    panels = _module().load(_module().DEFAULT_INPUTS, batch=1)
+    (key,) = [k for k in panels if k[1] == 1]
+    one = panels[key]
+    assert set(one["base"]) == {"tp1"}
+    (name,) = one["spd"]
+    assert name.startswith("SPD n=") and "one GPU" in name and len(one["spd"][name]) >= 2
