@@ -755,6 +755,76 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
             _train(common[:5] + ["6"] + common[6:] + ["--out", str(tmp_path / "g"), "--tower-init", init])
 
 
+def _torchrun(argv, nproc=2):
+    """``torchrun --standalone --nproc-per-node N -m vllm_spd.train ARGV`` on CPU (gloo)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                           "-m", "vllm_spd.train", *argv, "--no-progress", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_torchrun_two_processes_train_the_weights_of_one(target_dir, tmp_path):
+    """Two processes over gloo with the same global batch take the same steps as one
+    (within float32 rounding), a batch of one conversation (27 training conversations
+    in batches of 13) leaves one of them without any, and --resume continues a
+    two-process run where it stopped."""
+    data = _write_data(tmp_path / "train.jsonl", 30, seed=1)
+    common = ["--target", target_dir, "--num-stages", "2", "--draft-layers", "1", "--draft-vocab-size", "64",
+              "--data", data, "--steps", "10", "--lr", "3e-3", "--batch-size", "13", "--max-length", "64",
+              "--eval-every", "5", "--eval-fraction", "0.2", "--seed", "3", "--log-every", "1"]
+    one = tmp_path / "one"
+    _train(common + ["--out", str(one)])
+    two = tmp_path / "two"
+    (summary,) = _torchrun(common + ["--out", str(two)])     # only rank 0 prints
+    assert summary["finished"] and summary["step"] == 10
+    w1, w2 = checkpoint.load_tensors(str(one)), checkpoint.load_tensors(str(two))
+    assert w1.keys() == w2.keys()
+    moved = 0
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4)
+    # training moved the weights far more than the two runs differ
+    init = tmp_path / "init"
+    _train(common[:13] + ["0"] + common[14:] + ["--out", str(init), "--steps", "1", "--lr", "0"])
+    w0 = checkpoint.load_tensors(str(init))
+    moved = max(float((w1[k].float() - w0[k].float()).abs().max()) for k in w1 if k != "draft_token_ids")
+    assert moved > 1e-2
+    # The log is rank 0's: one entry per step and evaluation, with the global batch's counts.
+    h1 = [json.loads(x) for x in (one / "train_log.jsonl").read_text().splitlines()]
+    h2 = [json.loads(x) for x in (two / "train_log.jsonl").read_text().splitlines()]
+    assert [sorted(h) for h in h1] == [sorted(h) for h in h2]
+    for a, b in zip(h1, h2):
+        for key in ("positions", "eval_positions", "step"):
+            assert a.get(key) == b.get(key), (a, b)
+        for key in ("loss", "eval_loss", "accuracy", "eval_accuracy"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
+    assert not list(two.glob("*.rank*"))
+    # Stopped after 4 steps and resumed, still two processes: the uninterrupted run's weights.
+    part = tmp_path / "part"
+    (first,) = _torchrun(common + ["--out", str(part), "--stop-after", "4"])
+    assert first["step"] == 4 and not first["finished"]
+    (second,) = _torchrun(common + ["--out", str(part), "--resume"])
+    assert second["step"] == 10 and second["finished"]
+    w3 = checkpoint.load_tensors(str(part))
+    for k in w2:
+        torch.testing.assert_close(w3[k], w2[k], atol=1e-6, rtol=1e-5)
+
+
+def test_global_batch_must_cover_every_process(target_dir, tmp_path):
+    from vllm_spd.train.distributed import Dist
+    from vllm_spd.train.trainer import Trainer, build_parser
+
+    args = build_parser().parse_args(["--target", target_dir, "--num-stages", "2", "--out", str(tmp_path / "x"),
+                                      "--batch-size", "2", "--data", "none.jsonl"])
+    with pytest.raises(SystemExit, match="--batch-size 2 is the global batch: .* \\(4 under torchrun\\)"):
+        Trainer(args, Dist(world=4, rank=1, local_rank=1))
+
+
 class FakeClock:
     """Advances one second at every reading: the trainer's time is then a count of its
     clock readings, the same on every machine."""

@@ -12,6 +12,13 @@ The output directory is a head directory the plugin loads (``config.json`` +
 ``model.safetensors``), rewritten at every checkpoint; ``trainer_state.pt`` beside it
 holds what ``--resume`` needs (fp32 weights, optimizer, scheduler, step), and
 ``train_log.jsonl`` the loss/accuracy history.
+
+Under ``torchrun --nproc-per-node N -m vllm_spd.train ...`` the N processes (one per GPU)
+each answer their share of the generation prompts with their own vLLM engine, then train
+one draft module under ``DistributedDataParallel``: ``--batch-size`` stays the global
+batch, each process takes every N-th example of it, and the loss is weighted by the
+global count of trained positions, so N processes take the same steps as one
+(``distributed.py``). Rank 0 logs, evaluates its share with the others and saves.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from vllm_spd import checkpoint, layout as layout_mod
 from vllm_spd.train import attention as attention_mod
 from vllm_spd.train import budget
 from vllm_spd.train import data as data_mod
+from vllm_spd.train.distributed import Dist
 from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
 from vllm_spd.train import openers as openers_mod
@@ -96,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps, at most 100")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--batch-size", type=int, default=4,
+                   help="conversations per optimizer step, over all processes under torchrun")
     g.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     g.add_argument("--full-fill-prob", type=float, default=0.5,
                    help="probability of a full pipeline window per micro-batch (else fill ~ U[1, n-1])")
@@ -178,8 +187,12 @@ def teacher_forward(target_model, input_ids: torch.Tensor, valid: torch.Tensor, 
 # ---- training ------------------------------------------------------------------------
 
 class Trainer:
-    def __init__(self, args):
+    def __init__(self, args, dist: Dist | None = None):
         self.args = args
+        self.dist = dist or Dist()
+        if args.batch_size < self.dist.world:
+            raise SystemExit(f"--batch-size {args.batch_size} is the global batch: give at least one conversation "
+                             f"per process ({self.dist.world} under torchrun)")
         self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if args.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -217,18 +230,22 @@ class Trainer:
             self.generated = None
             return None
         path = os.path.join(self.out, GENERATED_FILE)
+        d = self.dist
+        self._shard = None
         if not (a.resume and os.path.isfile(path)):
             prompts = data_mod.read_prompts(a.generate_from) if a.generate_from else []
-            prompts = prompts[: a.num_generate] if a.num_generate else prompts
-            llm = data_mod.start_engine(a.target, a.seed,
+            prompts = d.share(prompts[: a.num_generate] if a.num_generate else prompts)
+            num_invent = a.invent // d.world + (d.rank < a.invent % d.world)
+            llm = data_mod.start_engine(a.target, a.seed + d.rank,
                                         dtype="float32" if self.teacher_dtype == torch.float32 else "auto")
             try:
-                if a.invent:
-                    invented = invent_mod.invent_prompts(a.target, a.invent, llm=llm, tokenizer=self.tokenizer,
-                                                         seed=a.seed, template_kwargs=a.chat_template_kwargs or None,
+                if num_invent:
+                    invented = invent_mod.invent_prompts(a.target, num_invent, llm=llm, tokenizer=self.tokenizer,
+                                                         seed=a.seed + d.rank,
+                                                         template_kwargs=a.chat_template_kwargs or None,
                                                          exclude=invent_mod.excluded_texts(a.invent_exclude),
                                                          openers=openers_mod.resolve(a.invent_openers))
-                    data_mod.write_records(os.path.join(self.out, INVENTED_FILE), invented)
+                    data_mod.write_records(self._rank_file(os.path.join(self.out, INVENTED_FILE)), invented)
                     prompts += [rec["turns"] for rec in invented]
                 logger.info("answering %d prompts with the target", len(prompts))
                 convs = data_mod.generate_conversations(
@@ -238,12 +255,40 @@ class Trainer:
             finally:
                 del llm
                 data_mod.release_vllm()
-            data_mod.write_jsonl(path, convs, {"source": "target", "target": os.path.abspath(a.target)})
+            self._shard = self._rank_file(path)
+            data_mod.write_jsonl(self._shard, convs, {"source": "target", "target": os.path.abspath(a.target)})
         self.generated = {"prompts": os.path.abspath(a.generate_from) if a.generate_from else None,
                           "num": a.num_generate, "invented": a.invent, "invent_openers": a.invent_openers,
                           "temperature": a.gen_temperature, "top_p": a.gen_top_p,
                           "max_tokens": a.gen_max_tokens, "file": os.path.abspath(path)}
         return path
+
+    def _rank_file(self, path: str) -> str:
+        """``path`` itself for one process; this rank's shard of it under torchrun."""
+        if not self.dist.on:
+            return path
+        stem, ext = os.path.splitext(path)
+        return f"{stem}.rank{self.dist.rank}{ext}"
+
+    def merge_generated(self, path: str) -> None:
+        """Under torchrun, once every process has joined the group (so every shard is
+        complete): rank 0 joins the shards (rank order) into ``path`` and removes them;
+        the others wait for it."""
+        d = self.dist
+        if not d.on or self._shard is None:
+            return
+        if d.main:
+            for name in (GENERATED_FILE, INVENTED_FILE):
+                full = os.path.join(self.out, name)
+                stem, ext = os.path.splitext(full)
+                shards = [f"{stem}.rank{r}{ext}" for r in range(d.world)]
+                if not all(os.path.isfile(f) for f in shards):
+                    continue
+                records = [json.loads(line) for f in shards for line in open(f) if line.strip()]
+                data_mod.write_records(full, records)
+                for f in shards:
+                    os.remove(f)
+        d.barrier()
 
     def prepare_data(self, generated: str | None):
         a = self.args
@@ -289,6 +334,10 @@ class Trainer:
                              f"layers (the target's decoder layers); a draft deeper than its target cannot be faster")
         self.layout = layout_mod.StageLayout.build(cfg.num_hidden_layers, a.num_stages, a.anchors, a.stage_layers)
         generated = self.generate_data()
+        # After generation: a vLLM engine in this process sets up (and tears down) a
+        # process group of its own, which must not meet the training's.
+        self.dist.init(self.device)
+        self.merge_generated(generated) if generated else None
         self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.teacher_dtype).to(self.device).eval()
         self.target.requires_grad_(False)
         self.prepare_data(generated)
@@ -313,6 +362,7 @@ class Trainer:
             raise SystemExit(f"--tower-init {a.tower_init}: {e}") from None
         if init_tensors is not None:
             self.model.load_head_tensors({k: v.float() for k, v in init_tensors.items() if k != "draft_token_ids"})
+        self.ddp = None
         self.block_types = mask_mod.used_types(self.layout)
         self.decode_type = mask_mod.drafting_type(self.layout)
 
@@ -352,9 +402,13 @@ class Trainer:
             self.tower_init = st.get("tower_init", "random")
             # Entries logged after the last checkpoint belong to the interrupted run:
             # the log restarts from the checkpoint's history.
-            with open(os.path.join(self.out, LOG_FILE), "w") as f:
-                f.writelines(json.dumps(h) + "\n" for h in self.history)
+            if self.dist.main:
+                with open(os.path.join(self.out, LOG_FILE), "w") as f:
+                    f.writelines(json.dumps(h) + "\n" for h in self.history)
             logger.info("resumed at step %d", self.step)
+        if self.dist.on:   # gradients averaged over the processes in backward
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None)
 
     def read_init(self) -> dict:
         """The ``--init`` head's tensors, after checking that it fits this run."""
@@ -396,7 +450,7 @@ class Trainer:
                 "seed": a.seed, "eval_fraction": a.eval_fraction}
 
     # -- one micro-batch ------------------------------------------------------------------
-    def batch_loss(self, examples, fill: int, rep_depths: dict[int, int]):
+    def batch_loss(self, examples, fill: int, rep_depths: dict[int, int], model=None):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, valid, lmask = data_mod.collate(
             examples, pad, attention_mod.padded_length if self.attention == "flex" else None)
@@ -415,7 +469,7 @@ class Trainer:
                                            dtype=self.dtype if autocast else torch.float32)
         pos = mask_mod.position_ids(valid)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            logits = self.model(feats, pos, attn, self.block_types, self.decode_type)
+            logits = (model or self.model)(feats, pos, attn, self.block_types, self.decode_type)
         return distill_loss(logits, t_logits, t_argmax, lmask & valid, self.t2d, self.args.temperature)
 
     def batch_for_step(self, step: int):
@@ -435,11 +489,13 @@ class Trainer:
         order = sorted(range(len(self.eval_set)), key=lambda i: len(self.eval_set[i].input_ids))
         bs = self.args.batch_size
         loss_sum, valid, correct = 0.0, 0, 0
-        for k in range(0, len(order), bs):
+        for k in self.dist.share(range(0, len(order), bs)):   # under torchrun, every world-th batch
             out = self.batch_loss([self.eval_set[i] for i in order[k:k + bs]], n, rep)
             loss_sum += float(out.loss.detach()) * out.num_valid
             valid += out.num_valid
             correct += out.num_correct
+        loss_sum, valid, correct = self.dist.sum([loss_sum, valid, correct], self.device)
+        valid, correct = int(valid), int(correct)
         self.model.train()
         return {"step": self.step, "eval_loss": loss_sum / valid if valid else float("nan"),
                 "eval_accuracy": correct / valid if valid else float("nan"), "eval_positions": valid,
@@ -474,6 +530,8 @@ class Trainer:
             draft_vocab_size=int(self.draft_ids.numel()), layer_overrides={}, trained=True, provenance=prov)
 
     def save(self, finished: bool = False) -> None:
+        if not self.dist.main:
+            return
         state = {
             "step": self.step, "elapsed": self.elapsed, "history": self.history,
             "model": self.model.head_tensors(self.draft_ids), "optimizer": self.opt.state_dict(),
@@ -490,6 +548,8 @@ class Trainer:
 
     def log(self, entry: dict) -> None:
         self.history.append(entry)
+        if not self.dist.main:
+            return
         with open(os.path.join(self.out, LOG_FILE), "a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -514,6 +574,37 @@ class Trainer:
                     "%d steps in all (at most %d)", a.time_budget, step_s, eval_s, spent_s, self.step, total, most)
 
     # -- the loop ----------------------------------------------------------------------
+    def train_step(self, fill: int, rep: dict[int, int]) -> tuple[float, float, int, float]:
+        """One optimizer step on the step's global batch; returns its loss, accuracy and
+        trained positions (over all processes) and the gradient norm.
+
+        Under torchrun each process takes every world-th conversation of the batch and
+        weighs its mean loss by ``world * its positions / all positions``: the gradients
+        that DistributedDataParallel averages are then those of one process's loss over
+        the whole batch. A process left without a conversation (a short last batch) runs
+        one at weight 0, as every process must take part in the gradients' reduction."""
+        a, d = self.args, self.dist
+        batch = self.batch_for_step(self.step)
+        mine = d.share(batch)
+        out = self.batch_loss(mine or batch[:1], fill, rep, self.ddp)
+        num = out.num_valid if mine else 0
+        loss = out.loss
+        if d.on:
+            loss_sum, num_all, correct_all = d.sum([float(out.loss.detach()) * num, num,
+                                                     out.num_correct if mine else 0], self.device)
+            loss = out.loss * (d.world * num / num_all if num_all else 0.0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        if not d.on:
+            return float(out.loss.detach()), out.accuracy, out.num_valid, float(gnorm)   # waits for the step on a GPU
+        num_all = int(num_all)
+        return (loss_sum / num_all if num_all else 0.0, correct_all / num_all if num_all else float("nan"),
+                num_all, float(gnorm))
+
     def train(self) -> dict:
         from tqdm.auto import tqdm
 
@@ -532,7 +623,8 @@ class Trainer:
             if ev:
                 self.log(ev)
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=a.no_progress, dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=a.no_progress or not self.dist.main,
+                   dynamic_ncols=True,
                    desc="spd-train")
         ema_loss = ema_acc = None
         # --time-budget: planned when warm-up ends (after at least 10 steps of this run) from the
@@ -544,36 +636,32 @@ class Trainer:
             rng = random.Random(a.seed * 1_000_003 + self.step)
             fill = draw_fill(self.layout.num_stages, a.full_fill_prob, rng)
             rep = mask_mod.representative_depths(self.layout, rng if a.sample_type_depths else None)
-            out = self.batch_loss(self.batch_for_step(self.step), fill, rep)
-            self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.max_grad_norm)
-            self.opt.step()
-            self.sched.step()
-            self.step += 1
-            loss = float(out.loss.detach())   # waits for the step on a GPU
-            if out.num_valid:
+            loss, accuracy, positions, gnorm = self.train_step(fill, rep)
+            if positions:
                 ema_loss = loss if ema_loss is None else 0.9 * ema_loss + 0.1 * loss
-                ema_acc = out.accuracy if ema_acc is None else 0.9 * ema_acc + 0.1 * out.accuracy
+                ema_acc = accuracy if ema_acc is None else 0.9 * ema_acc + 0.1 * accuracy
             bar.update(1)
             bar.set_postfix(loss=f"{ema_loss if ema_loss is not None else float('nan'):.4f}",
                             acc=f"{ema_acc if ema_acc is not None else float('nan'):.3f}", fill=fill,
                             lr=f"{self.sched.get_last_lr()[0]:.2e}")
             if self.step % a.log_every == 0 or self.step == end:
-                self.log({"step": self.step, "loss": loss, "accuracy": out.accuracy, "positions": out.num_valid,
+                self.log({"step": self.step, "loss": loss, "accuracy": accuracy, "positions": positions,
                           "fill": fill, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)})
             if a.time_budget and self.step < end and (self.plan is None and self.step >= plan_at or
                                                       self.plan is not None and self.step % save_every == 0):
                 now = clock()
                 if self.plan is None:
-                    self.plan_steps(self.elapsed + now - t0, (now - loop_start - aside) / (self.step - loop_step),
-                                    eval_s)
+                    timing = [self.elapsed + now - t0, (now - loop_start - aside) / (self.step - loop_step),
+                              -1.0 if eval_s is None else eval_s]
                 else:
-                    self.plan_steps(self.elapsed + now - t0, (now - loop_start) / (self.step - loop_step), 0.0)
+                    timing = [self.elapsed + now - t0, (now - loop_start) / (self.step - loop_step), 0.0]
+                spent, step_s, ev_s = self.dist.agree(timing, self.device)   # rank 0's clock for all
+                self.plan_steps(spent, step_s, None if ev_s < 0 else ev_s)
                 end = last_step()
                 bar.total = self.total_steps
                 bar.refresh()
-            if a.time_budget and self.step < end and self.elapsed + clock() - t0 >= a.time_budget:
+            if a.time_budget and self.step < end and self.dist.agree(
+                    [float(self.elapsed + clock() - t0 >= a.time_budget)], self.device)[0]:
                 logger.warning("--time-budget %.0f s spent at step %d of %d: stopping here (the schedule has "
                                "not ended; the head is saved unfinished)", a.time_budget, self.step,
                                self.total_steps)
@@ -586,8 +674,9 @@ class Trainer:
                 aside += eval_s
                 if ev:
                     self.log(ev)
-                    bar.write(f"step {self.step}: eval loss {ev['eval_loss']:.4f}, draft accuracy "
-                              f"{ev['eval_accuracy']:.4f} ({ev['eval_positions']} positions)")
+                    if self.dist.main:
+                            bar.write(f"step {self.step}: eval loss {ev['eval_loss']:.4f}, draft accuracy "
+                                  f"{ev['eval_accuracy']:.4f} ({ev['eval_positions']} positions)")
             if self.step % save_every == 0 or self.step == end:
                 started = clock()
                 self.elapsed += started - t0
@@ -604,9 +693,17 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    trainer = Trainer(args)
-    trainer.setup()
-    summary = trainer.train()
-    print(json.dumps(summary))
+    dist = Dist.from_env()
+    dist.pin_gpu()   # before anything starts CUDA
+    logging.basicConfig(level=logging.INFO if dist.main else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s" if not dist.on else
+                        f"%(asctime)s [rank {dist.rank}] %(name)s: %(message)s")
+    trainer = Trainer(args, dist)
+    try:
+        trainer.setup()
+        summary = trainer.train()
+    finally:
+        dist.close()
+    if dist.main:
+        print(json.dumps(summary))
     return summary
