@@ -47,13 +47,11 @@ def generate(model, spec=None, temperature=0.0, seed=None):
 def draws_in_both_placements(model, spec):
     """Seeded T=1 output of the one-worker placement and of one stage per rank (the
     placements asserted); returns ``(one worker, pipeline, pipeline counters)``. Both
-    get the same ``verdict_lag`` (0 unless given; its default differs by placement), and
-    both the host-driven cycle, which draws from the request's generator: the one-worker
-    device cycle draws keyed on (seed, position) instead, which pipeline ranks do not yet."""
+    get the same ``verdict_lag`` (0 unless given; its default differs by placement), so
+    both run the same cycle: at 0 the device cycle, whose draws are keyed on (seed,
+    position), at 1 the host-driven cycle, which draws from the request's generator."""
     spec = {"verdict_lag": 0, **spec}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_SPD_DEVICE_CYCLE", "0")
-        one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
+    one, _, pp1 = generate(model, {**spec, "stage_placement": "single_worker"}, temperature=1.0, seed=7)
     ranks, counters, ppn = generate(model, {**spec, "stage_placement": "pipeline"}, temperature=1.0, seed=7)
     assert (pp1, ppn) == (1, spec["num_stages"])
     return one, ranks, counters
@@ -97,9 +95,13 @@ def test_two_ranks_random_head_matches_plain(tiny_qwen3, tmp_path, extra):
     assert counters["vllm:spec_decode_num_drafts"] == len(PROMPTS) * (MAX_TOKENS - 1)
 
 
-def test_four_ranks_ngram_matches_plain(predictable):
+@pytest.mark.parametrize("lag", [1, 0], ids=["host_cycle", "device_cycle"])
+def test_four_ranks_ngram_matches_plain(predictable, lag):
+    """verdict_lag 1 runs the host-driven cycle across ranks, 0 the device cycle (each
+    rank advances its copy of the cycle state from the controller's per-cycle verdicts,
+    and rows pass from rank to rank with no host in between)."""
     target, reference = predictable
-    out, _, pp = generate(target, {"method": "spd", "num_stages": 4, "drafter": "ngram",
+    out, _, pp = generate(target, {"method": "spd", "num_stages": 4, "drafter": "ngram", "verdict_lag": lag,
                                    "stage_placement": "pipeline", "stage_layers": [3, 2, 2, 1]})
     assert pp == 4
     assert_identical(reference, out)

@@ -44,6 +44,7 @@ import time
 import torch
 
 from vllm_spd.cycle_state import CycleState
+from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE
 
 logger = logging.getLogger("vllm_spd")
 
@@ -61,6 +62,11 @@ class DeviceCycle:
         self.n = lay.num_stages
         self.cycles_per_step = cfg.cycles_per_step
         self.on_gpu = runner.device.type == "cuda"
+        #: pipeline ranks: this rank's link, its stage and whether it is the controller
+        #: (which drafts and verifies); one worker: no link, every stage, the controller
+        self.link = runner.spd_link
+        self.here = runner._spd_stages_here()
+        self.controller = runner.spd_is_controller
         max_seqs = runner.scheduler_config.max_num_seqs
         self.sizes = sorted({min(b, max_seqs) for b in GRAPH_BATCHES})
         self.max_batch = self.sizes[-1] if self.on_gpu else max_seqs
@@ -86,7 +92,7 @@ class DeviceCycle:
         tm = runner.get_model().model
         self.layer_names = [runner.spd_slices.layer_names[i] for i in range(tm.start_layer, tm.end_layer)]
         self.lookup = None
-        if cfg.drafter in ("ngram", "hybrid"):
+        if cfg.drafter in ("ngram", "hybrid") and self.controller:
             from vllm_spd.device_lookup import DeviceLookup
 
             self.lookup = DeviceLookup(P, runner.max_model_len, dev)
@@ -101,6 +107,8 @@ class DeviceCycle:
         self.top_p = torch.ones(P, dtype=torch.float32, device=dev)
         self.min_p = torch.zeros(P, dtype=torch.float32, device=dev)
         self.seed = torch.zeros(P, dtype=torch.int64, device=dev)
+        #: pipeline ranks: each cycle's (draft, resolved target) per row, from the controller
+        self.verdict = torch.zeros(P, 2, dtype=torch.int64, device=dev)
         #: (padded batch, mode) -> the graph of one cycle
         self.graphs: dict[tuple[int, tuple], torch.cuda.CUDAGraph] = {}
         self.meta: dict[int, tuple[dict, dict]] = {}
@@ -108,11 +116,17 @@ class DeviceCycle:
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
         self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_cycles": []}
+        if self.link is not None:
+            logger.info("spd: the device cycle runs stage %d of %d on this rank (%s), eagerly", self.link.stage,
+                        self.n, "the controller" if self.controller else "rows to the next stage")
 
     # -- which steps it serves ---------------------------------------------------------
     def serves(self, reqs) -> bool:
+        """Whether this step runs here. Pipeline ranks decide from replicated state only
+        (the same on every rank), or some would run the device cycle and others the host
+        cycle, and all would wait for each other forever."""
         r = self.runner
-        return (r.spd_link is None and r.spd_cfg.verdict_lag == 0 and self.drafting() is not None
+        return (r.spd_cfg.verdict_lag == 0 and self.drafting() is not None
                 and len(reqs) <= self.max_batch and all(q.early is None for q in reqs)
                 and all(len(q.gate.stop_ids) <= STOP_SLOTS and len(q.gate.mask_ids) <= STOP_SLOTS for q in reqs))
 
@@ -123,11 +137,12 @@ class DeviceCycle:
         drafter this deployment cannot run here."""
         r = self.runner
         drafter = r.spd_cfg.drafter
+        head = r.spd_cfg.model is not None      # the controller has it loaded (spd_pdm)
         if drafter == "oracle":
-            return "oracle+pdm" if r.spd_pdm is not None and r.spd_price_pdm else "oracle"
-        if drafter in ("head", "hybrid") and r.spd_pdm is not None:
+            return "oracle+pdm" if head and r.spd_price_pdm else "oracle"
+        if drafter in ("head", "hybrid") and head:
             return drafter
-        if drafter == "ngram" and self.lookup is not None:
+        if drafter == "ngram":
             return "ngram"
         return None
 
@@ -158,6 +173,8 @@ class DeviceCycle:
             # its warm-up run overwrites the carried hidden states that the load writes.
             graph = self._capture(P, mode)
         t0 = time.perf_counter()
+        if self.link is not None:
+            self.link.wait_sends()   # prefill's rows, sent before this step
         cycles = self._load(work, reqs, P)
         host = time.perf_counter() - t0
         timed = self.timing and graph is not None
@@ -247,7 +264,7 @@ class DeviceCycle:
                 raise RuntimeError(f"spd: request {req_id}'s pending draft row {req.pending} is not just before "
                                    f"its window ({win[-1].pos})")
             pending.append(int(req.pending is not None))
-            if runner.spd_cfg.drafter == "oracle":
+            if runner.spd_cfg.drafter == "oracle" and self.controller:
                 prompt = state.prompt_token_ids
                 oracle = runner._spd_oracle()
                 base = win[0].pos + 1 - self.n
@@ -316,23 +333,27 @@ class DeviceCycle:
         lay = runner.spd_layout
         part = self.state.rows(P)
         live = part.live()
+        ctrl = self.controller
         drafting, sampled = mode[0], len(mode) > 1
-        warp = self._warp(P, mode) if sampled else None
-        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None
+        warp = self._warp(P, mode) if sampled and ctrl else None
+        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None   # the controller's
         cfg = runner.spd_cfg
         if drafts is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
             proposed = drafts.draft(part, live, self.block_table, self.block_size,
                                     None if warp is None else (warp, self.seed[:P]))
-        if drafting == "ngram":
+        if ctrl and drafting == "ngram":
             proposed = self.lookup.propose(part, cfg.ngram_max, cfg.ngram_min)
-        elif drafting == "hybrid":   # prompt lookup where it matches a long suffix, for cool enough requests
+        elif ctrl and drafting == "hybrid":   # prompt lookup where it matches a long suffix, for cool enough requests
             looked, found = self.lookup.match(part, cfg.ngram_max, cfg.hybrid_min_match)
             allowed = self.temperature[:P] <= max(cfg.hybrid_max_temperature, 0.0)
             use = (found > 0) & allowed
             proposed = torch.where(use, looked, proposed)
             if warp is not None:
                 drafts.mark_deterministic(part, live, use)
-        for s in reversed(range(self.n)):
+        # pipeline ranks: what every stage runs this cycle, for the anchors that arrive after it
+        started = {s: part.stage_rows(s, live) for s in range(self.n)} if self.link is not None and ctrl else None
+        caught_here = {}
+        for s in reversed(self.here):
             runs, tok, pos = part.stage_rows(s, live)
             self._write_metadata(P, runs, pos)
             if s == 0:
@@ -340,21 +361,88 @@ class DeviceCycle:
             else:
                 hidden, residual = self.hidden[s, :P], self.residual[s, :P]
             first, last = lay.ranges[s]
-            capture = {k for _, k in drafts.stage_anchors[s]} if drafts is not None else ()
+            if drafts is not None:
+                capture = {k for _, k in drafts.stage_anchors[s]}
+            else:   # a pipeline rank sends the controller the anchors of its stage
+                capture = set(runner._spd_stage_anchor_ids(s)) if not ctrl else set()
             hidden, residual, caught = self._run_layers(tm, first, last, P, hidden, residual, capture)
             if drafts is not None:
                 drafts.stage_done(s, caught, pos, runs)
-            self.hidden[s + 1, :P].copy_(hidden)
-            self.residual[s + 1, :P].copy_(residual)
-        normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
-        logits = model.compute_logits(normed)
-        part.mask_min_tokens(logits)
-        target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafting)
-        part.advance(live, self._oracle_draft(P) if drafting.startswith("oracle") else proposed, target)
-        if drafts is not None:
-            drafts.entered(part, live, runner._spd_embed)
-        if self.lookup is not None:
-            self.lookup.record(part)
+            caught_here = caught
+            # A row that sits out the cycle (stopped, or out of this step's budget) keeps
+            # its in-flight hidden states for the next step.
+            keep = live[:, None]
+            self.hidden[s + 1, :P].copy_(torch.where(keep, hidden, self.hidden[s + 1, :P]))
+            self.residual[s + 1, :P].copy_(torch.where(keep, residual, self.residual[s + 1, :P]))
+        if ctrl:
+            normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
+            logits = model.compute_logits(normed)
+            part.mask_min_tokens(logits)
+            target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafting)
+            draft = self._oracle_draft(P) if drafting.startswith("oracle") else proposed
+            if self.link is not None and callable(target):   # the other ranks take the resolved tokens
+                judge = target
+
+                def target(cand, pos):
+                    self.verdict[:P, 1] = judge(cand, pos)
+                    return self.verdict[:P, 1]
+            part.advance(live, draft, target)
+            if self.link is not None:
+                self.verdict[:P, 0] = draft
+                if not callable(target):
+                    self.verdict[:P, 1] = target
+            if drafts is not None:
+                drafts.entered(part, live, runner._spd_embed)
+            if self.lookup is not None:
+                self.lookup.record(part)
+        if self.link is not None:
+            self._hop(P, live, started, caught_here)
+
+    def _hop(self, P: int, live, started: dict, caught: dict) -> None:
+        """Pipeline ranks, after the stage: the controller's (draft, resolved target) of
+        every row to every rank, which advances its own copy of the state with them (so
+        every rank knows what each stage runs, with no host in between); then each
+        stage's rows to the next stage, and its anchors to the controller (with the
+        rows when the next stage is the controller). All of it on the data group, on
+        NCCL without the host waiting."""
+        link, runner = self.link, self.runner
+        verdict = self.verdict[:P]
+        link.broadcast_from_controller(verdict)
+        if not self.controller:
+            self.state.rows(P).advance(live, verdict[:, 0].clone(), verdict[:, 1].clone())
+        s, ctl, H = link.stage, link.controller, runner.spd_hidden_size
+        dt, dev = self.hidden.dtype, self.hidden.device
+        sends, recvs = [], []
+        if s < ctl:
+            ks = runner._spd_stage_anchor_ids(s)
+            parts = [self.hidden[s + 1, :P], self.residual[s + 1, :P]]
+            if s + 1 == ctl:
+                parts += [caught[k].to(dt) for k in ks]
+            elif ks:
+                sends.append((torch.stack([caught[k].to(dt) for k in ks]), ctl, TAG_ANCHORS))
+            sends.append((torch.stack(parts), s + 1, TAG_STAGE))
+        inbound = []
+        if s > 0:
+            prev_ks = runner._spd_stage_anchor_ids(s - 1) if s == ctl else []
+            buf = torch.empty(2 + len(prev_ks), P, H, dtype=dt, device=dev)
+            recvs.append((buf, s - 1, TAG_STAGE))
+            inbound.append((s - 1, buf, 2, prev_ks))
+        if self.controller:
+            for src in range(ctl - 1):
+                ks = runner._spd_stage_anchor_ids(src)
+                if ks:
+                    buf = torch.empty(len(ks), P, H, dtype=dt, device=dev)
+                    recvs.append((buf, src, TAG_ANCHORS))
+                    inbound.append((src, buf, 0, ks))
+        link.exchange(sends, recvs)
+        keep = live[:, None]
+        for src, buf, rows, ks in inbound:
+            if rows:   # the rows of the stage before: this rank's stage runs them next cycle
+                self.hidden[s, :P].copy_(torch.where(keep, buf[0], self.hidden[s, :P]))
+                self.residual[s, :P].copy_(torch.where(keep, buf[1], self.residual[s, :P]))
+            if ks and self.drafts is not None:
+                runs, _, pos = started[src]
+                self.drafts.stage_done(src, {k: buf[rows + i] for i, k in enumerate(ks)}, pos, runs)
 
     def _warp(self, P: int, mode: tuple) -> dict:
         """The rows' sampling settings as ``verify`` takes them; a warp no request uses is
@@ -505,13 +593,14 @@ class DeviceCycle:
 
 
 def applies(runner) -> bool:
-    """Whether this deployment can use the device cycle at all: one worker, verdicts
-    without lag, the oracle drafter, not switched off."""
+    """Whether this deployment can use the device cycle at all: verdicts without lag, a
+    drafter it runs (the head's where one is configured), not switched off. Decided
+    from the configuration alone, the same on every pipeline rank."""
     from vllm_spd import envs
 
     cfg = runner.spd_cfg
-    return (envs.device_cycle() and runner.spd_link is None and cfg.verdict_lag == 0
-            and (cfg.drafter in ("oracle", "ngram") or (cfg.drafter in ("head", "hybrid") and runner.spd_pdm is not None)))
+    return (envs.device_cycle() and cfg.verdict_lag == 0
+            and (cfg.drafter in ("oracle", "ngram") or (cfg.drafter in ("head", "hybrid") and cfg.model is not None)))
 
 
 def graphs_supported(runner) -> tuple[bool, str]:
@@ -523,9 +612,10 @@ def graphs_supported(runner) -> tuple[bool, str]:
     if runner.device.type != "cuda":
         return False, "not a CUDA device"
     if not applies(runner):
-        why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else \
-            "it serves one worker at verdict_lag 0 only"
+        why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else "it serves verdict_lag 0 only"
         return False, why
+    if runner.spd_link is not None:
+        return False, "pipeline ranks run it eagerly (NCCL inside its graphs is not built yet)"
     if runner.model_config.enforce_eager:
         return False, "vLLM runs eagerly"
     from vllm.v1.attention.backend import AttentionCGSupport

@@ -591,7 +591,8 @@ class SPDRunnerMixin(DraftingMixin):
         if not hasattr(self, "spd_device"):
             from vllm_spd import device_cycle
 
-            ok = self.device.type != "cuda" and device_cycle.applies(self)
+            # On a GPU one worker's cycle is captured by capture_model; pipeline ranks run it eagerly.
+            ok = device_cycle.applies(self) and (self.device.type != "cuda" or self.spd_link is not None)
             self.spd_device = device_cycle.DeviceCycle(self) if ok else None
         return self.spd_device
 

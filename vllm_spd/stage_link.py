@@ -106,6 +106,24 @@ class StageLink:
             work.wait()
         self._sends.clear()
 
+    # -- the device cycle's per-cycle traffic (device_cycle.py) ----------------------
+    def broadcast_from_controller(self, tensor: torch.Tensor) -> None:
+        """``tensor`` of the controller on every rank, in place, over the data group: on
+        NCCL the current stream waits for it and the host does not."""
+        self._dist.broadcast(tensor, src=self.ranks[self.controller], group=self.data_group)
+
+    def exchange(self, sends: list[tuple[torch.Tensor, int, int]], recvs: list[tuple[torch.Tensor, int, int]]) -> None:
+        """One batch of ``(tensor, stage, tag)`` sends and receives, posted together so
+        that a ring of them cannot deadlock (NCCL runs a batch as one group), then
+        waited for (on NCCL: the stream waits, the host does not)."""
+        P2POp = self._dist.P2POp
+        ops = [P2POp(self._dist.isend, t.contiguous(), self.ranks[stage], self.data_group, tag)
+               for t, stage, tag in sends]
+        ops += [P2POp(self._dist.irecv, t, self.ranks[stage], self.data_group, tag) for t, stage, tag in recvs]
+        if ops:
+            for work in self._dist.batch_isend_irecv(ops):
+                work.wait()
+
     # -- control -------------------------------------------------------------------
     def post_control(self, values: list[int] | None, count: int) -> "Control":
         """Start the broadcast of the controller's ``values`` (``count`` ints; None on the
