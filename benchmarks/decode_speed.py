@@ -339,7 +339,7 @@ def print_table(rows: list[dict]) -> None:
         vs = r["out_tok_s"] / ref[r["batch"]] if r["batch"] in ref else float("nan")
         alpha = r.get("measured_alpha")
         print(f"{_label(r):36s} {r['batch']:5d} {r['out_tok_s']:8.1f} {r['ms_per_token']:8.2f} {vs:7.2f} "
-              f"{'' if alpha is None else f'{alpha:.2f}':>6s}  {r['peak_mem_gib_per_rank']}")
+              f"{'' if alpha is None else f'{alpha:.2f}':>6s}  {r.get('peak_mem_gib_per_rank', '')}")
         t = r.get("device_cycle_timing")
         if t:
             print(f"{'':8s}host {t['host_us_per_cycle']} us/cycle, device {t['device_ms_per_cycle']} ms/cycle, "
