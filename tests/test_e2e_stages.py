@@ -179,3 +179,37 @@ def test_three_ranks_head_with_anchors_on_one_stage(tiny_qwen3, tmp_path):
                                        "stage_placement": "pipeline"})
     assert pp == 3
     assert_identical(reference, out)
+
+
+def _pid(worker):
+    return os.getpid()
+
+
+@pytest.mark.parametrize("lag", [0, 1], ids=["device_cycle", "host_cycle"])
+def test_a_dead_stage_worker_fails_the_engine_within_a_minute(tiny_qwen3, lag):
+    """A stage worker killed mid-generation: vLLM's executor notices its exit and fails
+    the engine (EngineDeadError; with the engine core in this process, as in these
+    tests, the executor's own RuntimeError) instead of leaving the other ranks waiting
+    on their peer forever."""
+    import signal
+    import threading
+    import time
+
+    from vllm import LLM, SamplingParams
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config={"method": "spd", "num_stages": 2, "drafter": "ngram",
+                                  "stage_placement": "pipeline", "verdict_lag": lag})
+    victim = llm.collective_rpc(_pid)[1]
+    sp = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    llm.generate(PROMPTS[:2], SamplingParams(max_tokens=4), use_tqdm=False)   # both ranks are running
+    killer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    start = time.monotonic()
+    killer.start()
+    with pytest.raises((EngineDeadError, RuntimeError)):
+        while time.monotonic() - start < 120:
+            llm.generate(PROMPTS, sp, use_tqdm=False)
+    assert time.monotonic() - start < 60
+    del llm
+    gc.collect()
