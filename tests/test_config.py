@@ -249,7 +249,7 @@ def test_plugin_excluded_by_vllm_plugins(tiny_qwen3):
     env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "needs the vllm_spd plugin, which vLLM did not load" in proc.stderr
+    assert "spd: speculative method 'spd' needs the vllm_spd plugin, which vLLM did not load" in proc.stderr
     assert "VLLM_PLUGINS" in proc.stderr
 
 

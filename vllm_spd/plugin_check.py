@@ -33,7 +33,7 @@ def _patch(module) -> None:
         spec = self.speculative_config
         if isinstance(spec, dict) and spec.get("method") == "spd" and plugin_excluded():
             raise ValueError(
-                f"speculative method 'spd' needs the vllm_spd plugin, which vLLM did not load: "
+                f"spd: speculative method 'spd' needs the vllm_spd plugin, which vLLM did not load: "
                 f"VLLM_PLUGINS={os.environ.get('VLLM_PLUGINS')!r} does not name '{ENTRY_POINT}'. "
                 f"Add it, e.g. VLLM_PLUGINS={os.environ.get('VLLM_PLUGINS') + ',' if os.environ.get('VLLM_PLUGINS') else ''}{ENTRY_POINT}, "
                 "or unset VLLM_PLUGINS.")
