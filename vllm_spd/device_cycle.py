@@ -44,7 +44,6 @@ import time
 import torch
 
 from vllm_spd.cycle_state import CycleState
-from vllm_spd.stage_link import TAG_ANCHORS, TAG_STAGE
 
 logger = logging.getLogger("vllm_spd")
 
@@ -363,7 +362,7 @@ class DeviceCycle:
             first, last = lay.ranges[s]
             if drafts is not None:
                 capture = {k for _, k in drafts.stage_anchors[s]}
-            else:   # a pipeline rank sends the controller the anchors of its stage
+            else:   # a pipeline rank sends the controller the anchors of its stage (none from the controller)
                 capture = set(runner._spd_stage_anchor_ids(s)) if not ctrl else set()
             hidden, residual, caught = self._run_layers(tm, first, last, P, hidden, residual, capture)
             if drafts is not None:
@@ -410,39 +409,21 @@ class DeviceCycle:
         link.broadcast_from_controller(verdict)
         if not self.controller:
             self.state.rows(P).advance(live, verdict[:, 0].clone(), verdict[:, 1].clone())
-        s, ctl, H = link.stage, link.controller, runner.spd_hidden_size
-        dt, dev = self.hidden.dtype, self.hidden.device
-        sends, recvs = [], []
-        if s < ctl:
-            ks = runner._spd_stage_anchor_ids(s)
-            parts = [self.hidden[s + 1, :P], self.residual[s + 1, :P]]
-            if s + 1 == ctl:
-                parts += [caught[k].to(dt) for k in ks]
-            elif ks:
-                sends.append((torch.stack([caught[k].to(dt) for k in ks]), ctl, TAG_ANCHORS))
-            sends.append((torch.stack(parts), s + 1, TAG_STAGE))
-        inbound = []
-        if s > 0:
-            prev_ks = runner._spd_stage_anchor_ids(s - 1) if s == ctl else []
-            buf = torch.empty(2 + len(prev_ks), P, H, dtype=dt, device=dev)
-            recvs.append((buf, s - 1, TAG_STAGE))
-            inbound.append((s - 1, buf, 2, prev_ks))
-        if self.controller:
-            for src in range(ctl - 1):
-                ks = runner._spd_stage_anchor_ids(src)
-                if ks:
-                    buf = torch.empty(len(ks), P, H, dtype=dt, device=dev)
-                    recvs.append((buf, src, TAG_ANCHORS))
-                    inbound.append((src, buf, 0, ks))
-        link.exchange(sends, recvs)
+        s, H = link.stage, runner.spd_hidden_size
+        sends = [] if self.controller else \
+            runner._spd_outbound(s, self.hidden[s + 1, :P], self.residual[s + 1, :P], caught)
+        # what the host-driven cycle receives per cycle, the same messages
+        recvs = [(torch.empty(2 * carries + len(ks), P, H, dtype=self.hidden.dtype, device=self.hidden.device),
+                  src, tag, ks, carries) for src, tag, ks, carries in runner.spd_inbound]
+        link.exchange(sends, [(buf, src, tag) for buf, src, tag, _, _ in recvs])
         keep = live[:, None]
-        for src, buf, rows, ks in inbound:
-            if rows:   # the rows of the stage before: this rank's stage runs them next cycle
+        for buf, src, _, ks, carries in recvs:
+            if carries:   # the rows of the stage before: this rank's stage runs them next cycle
                 self.hidden[s, :P].copy_(torch.where(keep, buf[0], self.hidden[s, :P]))
                 self.residual[s, :P].copy_(torch.where(keep, buf[1], self.residual[s, :P]))
             if ks and self.drafts is not None:
                 runs, _, pos = started[src]
-                self.drafts.stage_done(src, {k: buf[rows + i] for i, k in enumerate(ks)}, pos, runs)
+                self.drafts.stage_done(src, {k: buf[2 * carries + i] for i, k in enumerate(ks)}, pos, runs)
 
     def _warp(self, P: int, mode: tuple) -> dict:
         """The rows' sampling settings as ``verify`` takes them; a warp no request uses is

@@ -309,18 +309,24 @@ class SPDRunnerMixin(DraftingMixin):
         return [k for k in self.spd_layout.anchors_of_stage(stage) if k != 0]
 
     def _spd_send_rows(self, stage: int, hidden, residual, anchors: dict) -> None:
-        """A non-controller stage's output: its rows to the next stage and its anchors to
-        the controller, in one message when the next stage is the controller (a message
-        costs host time on both ends every cycle). No anchors: no anchor message."""
+        """A non-controller stage's output, sent now (:meth:`_spd_outbound`)."""
+        for tensor, to_stage, tag in self._spd_outbound(stage, hidden, residual, anchors):
+            self.spd_link.send(tensor, to_stage, tag)
+
+    def _spd_outbound(self, stage: int, hidden, residual, anchors: dict) -> list[tuple[torch.Tensor, int, int]]:
+        """A non-controller stage's messages ``(tensor, to_stage, tag)``: its rows to the
+        next stage and its anchors to the controller, in one message when the next stage
+        is the controller (a message costs host time on both ends every cycle). No
+        anchors: no anchor message. :meth:`_spd_inbound` is the receiving side."""
         link = self.spd_link
         ks = self._spd_stage_anchor_ids(stage)
         parts = [hidden, residual]
         if stage + 1 == link.controller:
-            link.send(torch.stack(parts + [anchors[k] for k in ks]), stage + 1, TAG_STAGE)
-            return
-        link.send(torch.stack(parts), stage + 1, TAG_STAGE)
+            return [(torch.stack(parts + [anchors[k] for k in ks]), stage + 1, TAG_STAGE)]
+        out = [(torch.stack(parts), stage + 1, TAG_STAGE)]
         if ks:
-            link.send(torch.stack([anchors[k] for k in ks]), link.controller, TAG_ANCHORS)
+            out.append((torch.stack([anchors[k] for k in ks]), link.controller, TAG_ANCHORS))
+        return out
 
     def _spd_inbound(self) -> list[tuple[int, int, list[int], bool]]:
         """What this rank receives per cycle (and per prefill step), the mirror of

@@ -190,6 +190,7 @@ class Trainer:
     def __init__(self, args, dist: Dist | None = None):
         self.args = args
         self.dist = dist or Dist()
+        self._shard = None   # under torchrun: the generated data this process wrote (generate_data)
         if args.batch_size < self.dist.world:
             raise SystemExit(f"--batch-size {args.batch_size} is the global batch: give at least one conversation "
                              f"per process ({self.dist.world} under torchrun)")
@@ -231,7 +232,6 @@ class Trainer:
             return None
         path = os.path.join(self.out, GENERATED_FILE)
         d = self.dist
-        self._shard = None
         if not (a.resume and os.path.isfile(path)):
             prompts = data_mod.read_prompts(a.generate_from) if a.generate_from else []
             prompts = d.share(prompts[: a.num_generate] if a.num_generate else prompts)
@@ -263,14 +263,15 @@ class Trainer:
                           "max_tokens": a.gen_max_tokens, "file": os.path.abspath(path)}
         return path
 
-    def _rank_file(self, path: str) -> str:
-        """``path`` itself for one process; this rank's shard of it under torchrun."""
+    def _rank_file(self, path: str, rank: int | None = None) -> str:
+        """``path`` itself for one process; a rank's shard of it under torchrun (this
+        process's unless ``rank`` is given)."""
         if not self.dist.on:
             return path
         stem, ext = os.path.splitext(path)
-        return f"{stem}.rank{self.dist.rank}{ext}"
+        return f"{stem}.rank{self.dist.rank if rank is None else rank}{ext}"
 
-    def merge_generated(self, path: str) -> None:
+    def merge_generated(self) -> None:
         """Under torchrun, once every process has joined the group (so every shard is
         complete): rank 0 joins the shards (rank order) into ``path`` and removes them;
         the others wait for it."""
@@ -280,8 +281,7 @@ class Trainer:
         if d.main:
             for name in (GENERATED_FILE, INVENTED_FILE):
                 full = os.path.join(self.out, name)
-                stem, ext = os.path.splitext(full)
-                shards = [f"{stem}.rank{r}{ext}" for r in range(d.world)]
+                shards = [self._rank_file(full, r) for r in range(d.world)]
                 if not all(os.path.isfile(f) for f in shards):
                     continue
                 records = [json.loads(line) for f in shards for line in open(f) if line.strip()]
@@ -337,7 +337,7 @@ class Trainer:
         # After generation: a vLLM engine in this process sets up (and tears down) a
         # process group of its own, which must not meet the training's.
         self.dist.init(self.device)
-        self.merge_generated(generated) if generated else None
+        self.merge_generated()
         self.target = AutoModelForCausalLM.from_pretrained(a.target, dtype=self.teacher_dtype).to(self.device).eval()
         self.target.requires_grad_(False)
         self.prepare_data(generated)
