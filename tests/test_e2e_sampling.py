@@ -21,14 +21,16 @@ N = 1500
 TOP_K = 4
 
 
-def sample_pairs(model, spec, prompt=PROMPT, n=N):
-    """``n`` seeded requests sampling 3 tokens at T=1 (top-k) from ``prompt`` (text or
-    token ids): (prompt ids, first two tokens per request, draft counters)."""
+def sample_pairs(model, spec, prompt=PROMPT, n=N, **extra):
+    """``n`` seeded requests sampling 3 tokens at T=1 (top-k, and ``extra`` sampling
+    parameters) from ``prompt`` (text or token ids): (prompt ids, first two tokens per
+    request, draft counters)."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
               speculative_config=spec, disable_log_stats=False)
-    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True) for i in range(n)]
+    params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=TOP_K, seed=i, ignore_eos=True, **extra)
+              for i in range(n)]
     request = prompt if isinstance(prompt, str) else {"prompt_token_ids": prompt}
     outs = llm.generate([request] * n, params, use_tqdm=False)
     metrics = {m.name: m.value for m in llm.get_metrics() if "spec_decode_num" in m.name and hasattr(m, "value")}
@@ -40,8 +42,10 @@ def sample_pairs(model, spec, prompt=PROMPT, n=N):
     return prompt_ids, pairs, metrics
 
 
-def exact_pair_law(model, prompt_ids):
-    """P(x1, x2) under temperature 1 + top-k, from transformers in float32."""
+def exact_pair_law(model, prompt_ids, repetition=1.0, presence=0.0):
+    """P(x1, x2) under temperature 1 + top-k, from transformers in float32; with the
+    repetition penalty (over prompt and output) and presence penalty (output) applied
+    first, as OpenAI and vLLM define them."""
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -49,6 +53,10 @@ def exact_pair_law(model, prompt_ids):
     def law(ids):
         with torch.no_grad():
             logits = m(torch.tensor([ids])).logits[0, -1]
+        seen = torch.tensor(sorted(set(ids)))
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / repetition, logits[seen] * repetition)
+        out = torch.tensor(sorted(set(ids[len(prompt_ids):])), dtype=torch.int64)
+        logits[out] -= presence
         top = logits.topk(TOP_K)
         return dict(zip(top.indices.tolist(), torch.softmax(top.values, -1).tolist()))
 
@@ -177,3 +185,30 @@ def test_hybrid_keeps_the_head_for_sampled_requests(predictable, lead_prompt, tm
     open_ = sample_pairs(predictable, {**HYBRID, "model": head, "hybrid_max_temperature": 1.0}, lead_prompt, n)[1:]
     assert gated == plain
     assert open_ != plain
+
+
+@pytest.mark.parametrize("head_kind, broken", [("mirror_head", False), ("random_head", False), ("random_head", True)])
+def test_penalized_sampling_follows_target(head_kind, broken, tiny_qwen3, predictable, tmp_path, monkeypatch):
+    """Penalties reshape the target law from the committed output (the second token's
+    law depends on the first); SPD's samples follow the penalized law, through the
+    accept path (mirror head) and the residual path (random head). Dropping the
+    penalties at verification is detected."""
+    from vllm_spd import target_rules
+
+    model = predictable if head_kind == "mirror_head" else tiny_qwen3
+    head = str(tmp_path / "head")
+    if head_kind == "mirror_head":
+        mirror_head(model, 2, head)
+    else:
+        init_head(model, 2, head)
+    if broken:
+        monkeypatch.setattr(target_rules, "apply_rules", lambda logits, rules, outputs: None)
+    penalties = dict(repetition=1.5, presence=2.0)
+    prompt_ids, pairs, _ = sample_pairs(model, {"method": "spd", "num_stages": 2, "model": head},
+                                        repetition_penalty=penalties["repetition"],
+                                        presence_penalty=penalties["presence"])
+    pvalue = chi_square_pvalue(pairs, exact_pair_law(model, prompt_ids, **penalties))
+    if broken:
+        assert pvalue < 1e-6, f"dropped penalties went unnoticed (p={pvalue:.3g})"
+    else:
+        assert pvalue > 1e-3, f"penalized SPD sampling does not follow the target (p={pvalue:.3g})"

@@ -105,10 +105,27 @@ def test_abort_stream_leaves_server_healthy(server):
 
 
 def test_unsupported_sampling_is_a_clear_400(server):
-    r = complete(server, "hello", presence_penalty=0.5)
+    messages = [{"role": "user", "content": "Give me JSON."}]
+    r = requests.post(server + "/v1/chat/completions", timeout=120, json={
+        "model": "tiny", "messages": messages, "max_tokens": 8, "response_format": {"type": "json_object"}})
     assert r.status_code == 400
-    assert "spd" in r.text and "presence_penalty" in r.text
+    assert "spd" in r.text and "structured outputs" in r.text
     assert complete(server, "hello").status_code == 200
+
+
+def test_logprobs_and_penalties(server):
+    """Completions with logprobs and penalties; chat with logprobs and top_logprobs."""
+    body = complete(server, "def add(a, b):", logprobs=2, presence_penalty=0.5, repetition_penalty=1.2,
+                    max_tokens=12).json()
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == 12 and all(len(t) >= 2 for t in lp["top_logprobs"])
+    assert all(x <= 0 for x in lp["token_logprobs"])
+    messages = [{"role": "user", "content": "Say something."}]
+    r = requests.post(server + "/v1/chat/completions", timeout=120, json={
+        "model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0, "logprobs": True,
+        "top_logprobs": 3, "frequency_penalty": 0.5}).json()
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == 8 and all(len(c["top_logprobs"]) == 3 for c in content)
 
 
 def test_metrics_count_drafts(server):

@@ -126,7 +126,7 @@ class DeviceCycle:
         cycle, and all would wait for each other forever."""
         r = self.runner
         return (r.spd_cfg.verdict_lag == 0 and self.drafting() is not None
-                and len(reqs) <= self.max_batch and all(q.early is None for q in reqs)
+                and len(reqs) <= self.max_batch and all(q.early is None and q.rules is None for q in reqs)
                 and all(len(q.gate.stop_ids) <= STOP_SLOTS and len(q.gate.mask_ids) <= STOP_SLOTS for q in reqs))
 
     def drafting(self) -> str | None:

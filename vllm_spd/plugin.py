@@ -68,6 +68,9 @@ def register() -> None:
     _wrap_property(VllmConfig, "max_concurrent_batches", _max_concurrent_batches)
 
     _wrap(InputProcessor, "_validate_params", _validate_params)
+    from vllm.sampling_params import SamplingParams
+
+    _wrap(SamplingParams, "_validate_spec_decode", _validate_spec_decode)
     from vllm.v1.metrics.loggers import LoggingStatLogger
 
     _wrap(LoggingStatLogger, "__init__", _logging_stat_logger_init)
@@ -238,6 +241,15 @@ def _validate_params(original, self, params, *args, **kwargs):
     if isinstance(params, SamplingParams) and is_spd(self.vllm_config.speculative_config):
         check_sampling_params(params)
     return original(self, params, *args, **kwargs)
+
+
+def _validate_spec_decode(original, self, speculative_config):
+    """vLLM's own speculative methods refuse min_p and logit_bias; SPD verifies each draft
+    against the target distribution with both applied, so it takes them."""
+    from vllm_spd.config import is_spd
+
+    if not is_spd(speculative_config):
+        return original(self, speculative_config)
 
 
 def _max_concurrent_batches(original, self) -> int:

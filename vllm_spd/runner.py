@@ -38,6 +38,7 @@ from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
 from vllm_spd.staged import Chunk, SliceRunner, to_device
 from vllm_spd.step_profiler import StepProfiler
+from vllm_spd.target_rules import TargetRules
 from vllm_spd.verdicts import RequestSampling, Verdicts, sample_target, verify_drafts
 
 logger = logging.getLogger("vllm_spd")
@@ -61,6 +62,12 @@ class SPDRequest:
     early: tuple | None = None
     #: the device cycle's key for this request's random draws (keyed_random): its seed, or one drawn at start
     seed: int = 0
+    #: penalties, bad words, allowed tokens, logit bias, logprobs (``target_rules``); None: none of them
+    rules: TargetRules | None = None
+    #: controller: the logprobs of the token the verdict just read commits
+    verdict_logprobs: tuple | None = None
+    #: controller: logprob rows of the tokens committed this step
+    logprob_rows: list = field(default_factory=list)
 
 
 @dataclass
@@ -200,8 +207,9 @@ class SPDRunnerMixin(DraftingMixin):
             else:
                 prefill.append((idx, req_id, num_sched))
         stats: dict[str, StepStats] = {}
+        prompt_logprobs = {}
         if prefill:
-            committed.update(self._spd_prefill(prefill))
+            committed.update(self._spd_prefill(prefill, prompt_logprobs))
         if decode:
             if getattr(self, "spd_profiler", None) is None:
                 self.spd_profiler = StepProfiler(0 if self.spd_link is None else self.spd_link.stage)
@@ -213,12 +221,14 @@ class SPDRunnerMixin(DraftingMixin):
             req_ids=req_ids,
             req_id_to_index={r: i for i, r in enumerate(req_ids)},
             sampled_token_ids=[committed.get(r, []) for r in req_ids],
+            logprobs=self._spd_logprobs(req_ids),
+            prompt_logprobs_dict=prompt_logprobs,
         )
         out.spd_stats = {r: (s.cycles, s.verified, s.accepted, s.committed) for r, s in stats.items()}
         return out
 
     # -- prefill ---------------------------------------------------------------------
-    def _spd_prefill(self, work) -> dict[str, list[int]]:
+    def _spd_prefill(self, work, prompt_logprobs: dict) -> dict[str, list[int]]:
         batch = self.input_batch
         model = self.get_model()
         tm = model.model
@@ -262,32 +272,128 @@ class SPDRunnerMixin(DraftingMixin):
             stack = torch.stack([anchors[k] for k in lay.anchors])
             types = torch.full((stack.shape[1],), lay.depth_to_type[-1], device=self.device)
             self._pdm_forward(chunks, stack, types)
+        if self.spd_is_controller and self.num_prompt_logprobs:
+            prompt_logprobs.update(self._spd_prompt_logprobs(work, chunks, hidden, residual))
         todo = [(w, c) for (w, c, f) in zip(work, chunks, finishing) if f]
         reqs = [self._spd_new_request(req_id, c.start + c.num_tokens) for (_, req_id, _), c in todo]
         tokens = None
+        firsts = {}
         if self.spd_is_controller and todo:
             ends = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
             rows = [int(ends[i]) for i, f in enumerate(finishing) if f]
             normed, _ = tm.norm(hidden[rows], residual[rows])
-            logits = model.compute_logits(normed).float()
+            raw = model.compute_logits(normed).float()
+            logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
             self._spd_apply_min_tokens(logits, reqs)
-            tokens = sample_target(logits, [r.sampling for r in reqs]).tolist()
+            self._spd_apply_rules(logits, reqs)
+            sampled = sample_target(logits, [r.sampling for r in reqs])
+            firsts = self._spd_token_logprobs(reqs, raw, logits, sampled)
+            tokens = sampled.tolist()
         if link is not None:
             tokens = link.broadcast_control(tokens, len(todo))
             link.wait_sends()
         committed = {}
-        for ((idx, req_id, _), _), req, token in zip(todo, reqs, tokens or []):
+        for row, (((idx, req_id, _), _), req, token) in enumerate(zip(todo, reqs, tokens or [])):
             req.pipe.newest.token = token
             self.spd_requests[req_id] = req
-            committed[req_id] = self._spd_commit(idx, req, [token])
+            committed[req_id] = self._spd_commit(idx, req, [token], firsts.get(row))
         return committed
+
+    def _spd_prompt_logprobs(self, work, chunks, hidden, residual) -> dict:
+        """vLLM's prompt logprobs for this step's prefill chunks (controller): the raw
+        scores at each prompt position of the token that follows it, accumulated over
+        chunks and handed out when the prompt is done (as vLLM's own runner does)."""
+        from vllm.v1.outputs import LogprobsTensors
+
+        from vllm_spd import target_rules
+
+        done = {}
+        offset = 0
+        for (idx, req_id, _), c in zip(work, chunks):
+            start, num = c.start, c.num_tokens
+            offset += num
+            k = self.num_prompt_logprobs.get(req_id)
+            prompt = self.requests[req_id].prompt_token_ids
+            if k is None or prompt is None:
+                continue
+            state = self.requests[req_id]
+            if state.in_progress_prompt_logprobs_cpu is None:
+                state.in_progress_prompt_logprobs_cpu = LogprobsTensors.empty_cpu(len(prompt) - 1, k + 1)
+            acc = state.in_progress_prompt_logprobs_cpu
+            count = min(num, len(prompt) - 1 - start)
+            if count > 0:
+                rows = slice(offset - num, offset - num + count)
+                normed, _ = self.get_model().model.norm(hidden[rows], residual[rows])
+                logits = self.get_model().compute_logits(normed).float()
+                mode = self.model_config.logprobs_mode
+                scores = logits if mode.endswith("logits") else logits.log_softmax(dim=-1)
+                nxt = torch.tensor(prompt[start + 1:start + 1 + count], device=logits.device)
+                ids, lps, ranks = target_rules.gather(scores, k, nxt)
+                acc.logprob_token_ids[start:start + count].copy_(ids)
+                acc.logprobs[start:start + count].copy_(lps)
+                acc.selected_token_ranks[start:start + count].copy_(ranks)
+            if start + num >= len(prompt):
+                done[req_id] = acc
+                del self.num_prompt_logprobs[req_id]
+                state.in_progress_prompt_logprobs_cpu = None
+        return done
+
+    def _spd_apply_rules(self, logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
+        """Each request's penalties, bad words, allowed tokens and logit bias, from its
+        committed output (``target_rules``)."""
+        if any(r.rules is not None for r in reqs):
+            from vllm_spd.target_rules import apply_rules
+
+            apply_rules(logits, [r.rules for r in reqs],
+                        [self.requests[r.req_id].output_token_ids for r in reqs])
+
+    def _spd_token_logprobs(self, reqs, raw, processed, tokens) -> dict[int, tuple]:
+        """Row -> (ids, logprobs, rank) of ``tokens`` for the rows whose request asked for
+        logprobs, computed as vLLM's sampler does under the engine's logprobs mode."""
+        rows = [r for r, req in enumerate(reqs) if req.rules is not None and req.rules.num_logprobs is not None]
+        if not rows:
+            return {}
+        from vllm_spd import target_rules
+        from vllm_spd.verdicts import row_params
+
+        warp = row_params([reqs[r].sampling for r in rows], raw.device)
+        warp.pop("generators")
+        scores = target_rules.logprob_scores(raw[rows], processed[rows], self.model_config.logprobs_mode, warp)
+        out = {}
+        for i, r in enumerate(rows):
+            ids, lps, ranks = target_rules.gather(scores[i:i + 1], reqs[r].rules.num_logprobs, tokens[r:r + 1])
+            out[r] = (ids[0], lps[0], ranks[0])
+        return out
+
+    def _spd_logprobs(self, req_ids):
+        """This step's sample logprobs for vLLM's output (controller), or None."""
+        rows, starts = [], []
+        for r in req_ids:
+            starts.append(len(rows))
+            req = self.spd_requests.get(r)
+            if req is not None:
+                rows += req.logprob_rows
+                req.logprob_rows = []
+        if not rows:
+            return None
+        from vllm.v1.outputs import LogprobsLists
+
+        width = max(int(ids.numel()) for ids, _, _ in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int32)
+        lps = np.full((len(rows), width), float("-inf"), dtype=np.float32)
+        for i, (a, b, _) in enumerate(rows):
+            ids[i, : a.numel()] = a.cpu().numpy()
+            lps[i, : b.numel()] = b.cpu().numpy()
+        ranks = np.array([int(rank) for _, _, rank in rows], dtype=np.int64)
+        return LogprobsLists(ids, lps, ranks, starts)
 
     def _spd_new_request(self, req_id: str, pos: int) -> SPDRequest:
         state = self.requests[req_id]
         sp = state.sampling_params
         req = SPDRequest(req_id, RequestPipeline(self.spd_cfg.pipeline_depth, -1, pos),
                          RequestSampling.from_params(sp, state.generator),
-                         seed=sp.seed if sp.seed is not None else int(torch.randint(1 << 62, ())))
+                         seed=sp.seed if sp.seed is not None else int(torch.randint(1 << 62, ())),
+                         rules=TargetRules.from_params(sp, state.prompt_token_ids))
         stop = set(sp.stop_token_ids or ()) | ({sp.eos_token_id} if sp.eos_token_id is not None else set())
         req.gate = CommitGate(stop, sp.all_stop_token_ids, int(sp.min_tokens or 0),
                               int(sp.max_tokens or 1 << 62), len(state.output_token_ids))
@@ -522,11 +628,13 @@ class SPDRunnerMixin(DraftingMixin):
                 if req.early is None or req.early[0] is not e:
                     raise RuntimeError(f"spd: no verdict was queued for request {req.req_id} at position {e.pos}")
                 verdicts[req.req_id] = req.early[1].read(req.early[2])
+                req.verdict_logprobs = req.early[1].read_logprobs(req.early[2])
                 req.early = None
         elif done:
-            result = Verdicts(self._spd_verify(done))
+            result = self._spd_verify(done)
             for row, (req, _) in enumerate(done):
                 verdicts[req.req_id] = result.read(row)
+                req.verdict_logprobs = result.read_logprobs(row)
         return [verdicts.get(req.req_id) for req in active]
 
     def _spd_verify_ahead(self, active) -> None:
@@ -537,14 +645,14 @@ class SPDRunnerMixin(DraftingMixin):
         left = [(req, e) for req in active if not req.gate.stopped
                 for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
         if left:
-            queued = Verdicts(self._spd_verify(left))
+            queued = self._spd_verify(left)
             for row, (req, e) in enumerate(left):
                 req.early = (e, queued, row)
 
-    def _spd_verify(self, pairs) -> torch.Tensor:
+    def _spd_verify(self, pairs) -> Verdicts:
         """Queue the verification of each ``(req, e)``: the target's distribution after
-        ``e`` (from its final hidden state) against the draft that follows it. Returns
-        ``[2, len(pairs)]`` on the device: accepted (0/1) and the committed token."""
+        ``e`` (from its final hidden state) against the draft that follows it: accepted
+        (0/1) and the committed token per pair, with logprobs where asked for."""
         model = self.get_model()
         # Final-normed rows: across ranks the last stage's model forward applied the norm.
         normed = [req.carry[e.pos][0] for req, e in pairs]
@@ -556,15 +664,18 @@ class SPDRunnerMixin(DraftingMixin):
         drafts = [c.token if c is not None else -1 for c in cands]
         graphs = self._spd_verify_graphs()
         if graphs is not None and graphs.fits(len(pairs)) and \
-                all(req.sampling.greedy and not req.gate.masks_stop_tokens for req in reqs):
-            return graphs.verify(normed, drafts)
+                all(req.sampling.greedy and not req.gate.masks_stop_tokens and req.rules is None for req in reqs):
+            return Verdicts(graphs.verify(normed, drafts))
         if isinstance(normed, list):
             normed = torch.stack(normed)
-        logits = model.compute_logits(normed).float()
+        raw = model.compute_logits(normed).float()
+        logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
         self._spd_apply_min_tokens(logits, reqs)
+        self._spd_apply_rules(logits, reqs)
         qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
         accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
-        return torch.stack([accepted.to(tokens.dtype), tokens])
+        return Verdicts(torch.stack([accepted.to(tokens.dtype), tokens]),
+                        self._spd_token_logprobs(reqs, raw, logits, tokens))
 
     def _spd_verify_graphs(self):
         """Greedy verification's fixed-shape path (``verify_graphs.py``): captured on a
@@ -641,7 +752,9 @@ class SPDRunnerMixin(DraftingMixin):
             for d in (req.carry, req.anchors, req.draft_q):
                 for pos in [p for p in d if not keep(p)]:
                     del d[pos]
-            committed[req.req_id] += self._spd_commit(index[req.req_id], req, outcome.committed)
+            committed[req.req_id] += self._spd_commit(index[req.req_id], req, outcome.committed,
+                                                      req.verdict_logprobs)
+            req.verdict_logprobs = None
             st.committed += len(outcome.committed)
 
     @staticmethod
@@ -651,14 +764,17 @@ class SPDRunnerMixin(DraftingMixin):
             if req.gate.masks_stop_tokens:
                 logits[row, list(req.gate.mask_ids)] = float("-inf")
 
-    def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int]) -> list[int]:
-        """Record committed tokens in vLLM's persistent batch; stop at a stop token."""
+    def _spd_commit(self, idx: int, req: SPDRequest, tokens: list[int], logprobs=None) -> list[int]:
+        """Record committed tokens in vLLM's persistent batch; stop at a stop token.
+        ``logprobs``: the row of the one token committed, where its request asked."""
         batch = self.input_batch
         kept = req.gate.admit(tokens)
         if kept:
             start = int(batch.num_tokens_no_spec[idx])
             end = min(start + len(kept), self.max_model_len)
             kept = kept[: end - start]
+            if kept and logprobs is not None:
+                req.logprob_rows.append(logprobs)
             batch.token_ids_cpu[idx, start:end] = kept
             batch.is_token_ids[idx, start:end] = True
             batch.num_tokens_no_spec[idx] = end

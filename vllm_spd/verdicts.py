@@ -75,18 +75,28 @@ def verify_drafts(logits, drafts: list[int], qs: list, samplings: list[RequestSa
 
 class Verdicts:
     """Verdicts queued on the device (``[2, rows]``: accepted, token), read once: on a
-    GPU copied to pinned host memory without waiting, the wait deferred to the first read."""
+    GPU copied to pinned host memory without waiting, the wait deferred to the first read.
 
-    def __init__(self, values: torch.Tensor):
+    ``logprobs``: row -> ``(ids, logprobs, rank)`` (``target_rules.gather``) for the rows
+    whose requests asked for logprobs."""
+
+    def __init__(self, values: torch.Tensor, logprobs: dict | None = None):
         self._event = None
+        self._logprobs = {row: tuple(_to_host(t) for t in got) for row, got in (logprobs or {}).items()}
         if values.is_cuda:
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host.copy_(values, non_blocking=True)
+            values = _to_host(values)
             self._event = torch.cuda.Event()
             self._event.record()
-            values = host
         self._values = values
         self._rows = None
+
+    def read_logprobs(self, row: int):
+        """``(ids [k+1], logprobs [k+1], rank)`` of the token committed at ``row``, or None."""
+        if row not in self._logprobs:
+            return None
+        if self._event is not None:
+            self._event.synchronize()
+        return self._logprobs[row]
 
     def read(self, row: int) -> tuple[bool, int]:
         if self._rows is None:
@@ -96,3 +106,11 @@ class Verdicts:
             self._rows = list(zip(ok, tokens))
         ok, token = self._rows[row]
         return bool(ok), int(token)
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A copy in host memory, queued without waiting on a GPU (pinned)."""
+    if not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
