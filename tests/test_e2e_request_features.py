@@ -110,6 +110,24 @@ def test_features_match_plain(setup, placement, lag, mode):
     assert got[5].outputs[0].logprobs and got[5].prompt_logprobs
 
 
+def test_logprob_token_ids_match_plain(setup):
+    """logprob_token_ids: those tokens' logprobs for each committed token. (Kept apart from
+    top-k logprob requests: in plain vLLM 0.32 a batch holding both reports the top-k
+    requests' logprobs wrongly.)"""
+    from vllm import SamplingParams
+
+    target, head, _, _ = setup
+    requests = [(PROMPTS[i], SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True,
+                                            logprob_token_ids=[5, 17, 100][:i + 2], repetition_penalty=1.2))
+                for i in range(2)]
+    ref = run(target, requests)
+    got = run(target, requests, {"method": "spd", "num_stages": 2, "model": head})
+    for i, (a, b) in enumerate(zip(ref, got)):
+        assert list(b.outputs[0].token_ids) == list(a.outputs[0].token_ids), f"request {i}"
+        assert_same_logprobs(a.outputs[0].logprobs, b.outputs[0].logprobs, f"request {i} logprobs")
+        assert all({5, 17} <= set(d) for d in b.outputs[0].logprobs)
+
+
 def test_sampled_logprobs_are_the_targets(setup):
     """Seeded T=1 requests (their drafts accepted or corrected): the logprobs SPD returns
     for each sampled token are plain vLLM's prompt logprobs of the same sequence."""
@@ -144,3 +162,42 @@ def test_n_greater_than_one(setup):
     assert len({tuple(c.token_ids) for c in children}) > 1
     for c, o in zip(children, got[1:]):
         assert_same_logprobs(o.outputs[0].logprobs, c.logprobs, "child logprobs")
+
+
+def structured_requests():
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams as SO
+
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "ok": {"type": "boolean"}},
+              "required": ["id", "ok"], "additionalProperties": False}
+
+    def sp(so, **kw):
+        return SamplingParams(max_tokens=48, temperature=0.0, structured_outputs=so, **kw)
+
+    return [(PROMPTS[0], sp(SO(regex=r"[0-9]{3}-[a-z]{2,4}"))),
+            (PROMPTS[1], sp(SO(choice=["alpha", "beta", "gamma"]), logprobs=2)),
+            (PROMPTS[2], sp(SO(json=schema))),
+            (PROMPTS[3], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True))]
+
+
+@pytest.mark.parametrize("placement, lag", [("single_worker", 0), ("single_worker", 1), ("pipeline", 1)])
+def test_structured_outputs_match_plain(setup, placement, lag):
+    """Grammar-constrained output (regex, choice, JSON schema) is plain vLLM's, token for
+    token, valid against its grammar, beside an unconstrained request."""
+    import json
+    import re
+
+    target, head, plain_out, _ = setup
+    requests = structured_requests()
+    ref = run(target, requests)
+    spec = {"method": "spd", "num_stages": 2, "model": head, "verdict_lag": lag, "stage_placement": placement}
+    got = run(target, requests, spec)
+    for i, (a, b) in enumerate(zip(ref, got)):
+        assert list(b.outputs[0].token_ids) == list(a.outputs[0].token_ids), f"request {i}"
+        assert_same_logprobs(a.outputs[0].logprobs, b.outputs[0].logprobs, f"request {i} logprobs")
+    texts = [o.outputs[0].text for o in got]
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2,4}", texts[0]), texts[0]
+    assert texts[1] in ("alpha", "beta", "gamma")
+    if got[2].outputs[0].finish_reason == "stop":
+        assert set(json.loads(texts[2])) == {"id", "ok"}
+    assert list(got[3].outputs[0].token_ids) == plain_out[3]

@@ -448,7 +448,8 @@ class DeviceCycle:
             noise = kr.exponential(seed, pos, kr.SALT_RESIDUAL, p.shape[1])
             # a deterministic proposal (oracle, prompt lookup): q is one-hot at the candidate
             x = cand.clamp(min=0)[:, None]
-            ok = has & (u <= p.gather(1, x)[:, 0].double())
+            p_x = p.gather(1, x)[:, 0].double()
+            ok = has & (p_x > 0) & (u <= p_x)
             residual = torch.where(has[:, None], p.scatter(1, x, 0.0), p)
             tok = torch.where(ok, cand, verify.sample_from_probs(residual, noise=noise))
             if drafting in ("head", "hybrid"):   # the draft module's sampled proposal q of that position

@@ -69,6 +69,12 @@ class SPDRequest:
     #: controller: logprob rows of the tokens committed this step
     logprob_rows: list = field(default_factory=list)
 
+    @property
+    def follows_grammar(self) -> bool:
+        """A structured-output request: its verification takes the grammar's mask for the
+        committed frontier, which vLLM computes once a step."""
+        return self.rules is not None and self.rules.grammar
+
 
 @dataclass
 class StepStats:
@@ -88,6 +94,8 @@ class SPDRunnerMixin(DraftingMixin):
         self.spd_link: StageLink | None = None
         self.spd_embedding: torch.Tensor | None = None
         self.spd_timer = CycleTimer(self.device)
+        #: req_id -> the grammar's bitmask at the committed frontier, this step
+        self.spd_masks: dict = {}
         #: oracle drafter with a head: run the head each cycle (unused) to price drafting
         self.spd_price_pdm = True
 
@@ -182,9 +190,26 @@ class SPDRunnerMixin(DraftingMixin):
     # -- one engine step -----------------------------------------------------------
     @torch.inference_mode()
     def execute_model(self, scheduler_output, intermediate_tensors=None):
+        """One engine step. With structured-output requests scheduled, the step waits for
+        the grammar's bitmask: vLLM's engine then computes it and calls
+        :meth:`sample_tokens`, which runs the step."""
+        if getattr(scheduler_output, "has_structured_output_requests", False):
+            self.spd_deferred = scheduler_output
+            return None
+        return self._spd_step(scheduler_output, None)
+
+    @torch.inference_mode()
+    def sample_tokens(self, grammar_output):
+        scheduler_output, self.spd_deferred = getattr(self, "spd_deferred", None), None
+        if scheduler_output is None:
+            raise RuntimeError("spd: sample_tokens without a deferred step")
+        return self._spd_step(scheduler_output, grammar_output)
+
+    def _spd_step(self, scheduler_output, grammar_output):
         from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 
         self._update_states(scheduler_output)
+        self.spd_masks = self._spd_frontier_masks(scheduler_output, grammar_output)
         for req_id in (*scheduler_output.finished_req_ids, *(scheduler_output.preempted_req_ids or ())):
             self.spd_requests.pop(req_id, None)
         for req_id in list(self.spd_requests):
@@ -226,6 +251,41 @@ class SPDRunnerMixin(DraftingMixin):
         )
         out.spd_stats = {r: (s.cycles, s.verified, s.accepted, s.committed) for r, s in stats.items()}
         return out
+
+    @staticmethod
+    def _spd_frontier_masks(scheduler_output, grammar_output) -> dict:
+        """req_id -> the grammar's bitmask row for the token after the committed frontier
+        (the first of each request's rows: the rest are for vLLM's drafts, none here)."""
+        if grammar_output is None or grammar_output.grammar_bitmask is None:
+            return {}
+        spec = scheduler_output.scheduled_spec_decode_tokens
+        masks, row = {}, 0
+        for req_id in grammar_output.structured_output_request_ids:
+            masks[req_id] = grammar_output.grammar_bitmask[row]
+            row += 1 + len(spec.get(req_id, ()))
+        return masks
+
+    def _spd_target_logits(self, normed: torch.Tensor, reqs: list[SPDRequest]):
+        """The target's float32 logits after each row's request: ``(raw, processed)``.
+        Raw: with the grammar's mask, which vLLM applies before its sampler (so it is in
+        raw logprobs too); processed: then min_tokens and the request's rules."""
+        raw = self.get_model().compute_logits(normed).float()
+        rows = [r for r, req in enumerate(reqs) if req.req_id in self.spd_masks]
+        if rows:
+            import xgrammar as xgr
+
+            bitmask = torch.from_numpy(np.stack([self.spd_masks[reqs[r].req_id] for r in rows]))
+            full = torch.full((raw.shape[0], bitmask.shape[1]), -1, dtype=bitmask.dtype)
+            full[rows] = bitmask
+            xgr.apply_token_bitmask_inplace(raw, full.to(raw.device), indices=rows if raw.is_cpu else
+                                            torch.tensor(rows, dtype=torch.int32, device=raw.device))
+        logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
+        self._spd_apply_min_tokens(logits, reqs)
+        if any(r.rules is not None for r in reqs):
+            from vllm_spd.target_rules import apply_rules
+
+            apply_rules(logits, [r.rules for r in reqs], [self.requests[r.req_id].output_token_ids for r in reqs])
+        return raw, logits
 
     # -- prefill ---------------------------------------------------------------------
     def _spd_prefill(self, work, prompt_logprobs: dict) -> dict[str, list[int]]:
@@ -282,10 +342,7 @@ class SPDRunnerMixin(DraftingMixin):
             ends = torch.tensor([0] + [c.num_tokens for c in chunks]).cumsum(0)[1:] - 1
             rows = [int(ends[i]) for i, f in enumerate(finishing) if f]
             normed, _ = tm.norm(hidden[rows], residual[rows])
-            raw = model.compute_logits(normed).float()
-            logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
-            self._spd_apply_min_tokens(logits, reqs)
-            self._spd_apply_rules(logits, reqs)
+            raw, logits = self._spd_target_logits(normed, reqs)
             sampled = sample_target(logits, [r.sampling for r in reqs])
             firsts = self._spd_token_logprobs(reqs, raw, logits, sampled)
             tokens = sampled.tolist()
@@ -338,19 +395,10 @@ class SPDRunnerMixin(DraftingMixin):
                 state.in_progress_prompt_logprobs_cpu = None
         return done
 
-    def _spd_apply_rules(self, logits: torch.Tensor, reqs: list[SPDRequest]) -> None:
-        """Each request's penalties, bad words, allowed tokens and logit bias, from its
-        committed output (``target_rules``)."""
-        if any(r.rules is not None for r in reqs):
-            from vllm_spd.target_rules import apply_rules
-
-            apply_rules(logits, [r.rules for r in reqs],
-                        [self.requests[r.req_id].output_token_ids for r in reqs])
-
     def _spd_token_logprobs(self, reqs, raw, processed, tokens) -> dict[int, tuple]:
         """Row -> (ids, logprobs, rank) of ``tokens`` for the rows whose request asked for
         logprobs, computed as vLLM's sampler does under the engine's logprobs mode."""
-        rows = [r for r, req in enumerate(reqs) if req.rules is not None and req.rules.num_logprobs is not None]
+        rows = [r for r, req in enumerate(reqs) if req.rules is not None and req.rules.wants_logprobs]
         if not rows:
             return {}
         from vllm_spd import target_rules
@@ -361,7 +409,9 @@ class SPDRunnerMixin(DraftingMixin):
         scores = target_rules.logprob_scores(raw[rows], processed[rows], self.model_config.logprobs_mode, warp)
         out = {}
         for i, r in enumerate(rows):
-            ids, lps, ranks = target_rules.gather(scores[i:i + 1], reqs[r].rules.num_logprobs, tokens[r:r + 1])
+            rules = reqs[r].rules
+            ids, lps, ranks = target_rules.gather(scores[i:i + 1], rules.num_logprobs, tokens[r:r + 1],
+                                                  rules.logprob_ids)
             out[r] = (ids[0], lps[0], ranks[0])
         return out
 
@@ -466,7 +516,8 @@ class SPDRunnerMixin(DraftingMixin):
         budget = {}
         limit = {}
         for idx, req_id, num_sched in work:
-            budget[req_id] = num_sched
+            # A grammar's mask is known for the committed frontier only: one commit a step.
+            budget[req_id] = 1 if self.spd_requests[req_id].follows_grammar else num_sched
             blocks = len(self.requests[req_id].block_ids[0])
             limit[req_id] = min(self.max_model_len, blocks * self.cache_config.block_size)
             stats[req_id] = StepStats()
@@ -624,6 +675,13 @@ class SPDRunnerMixin(DraftingMixin):
         done = [(req, e) for req, e in done if e is not None]
         verdicts: dict[str, tuple[bool, int]] = {}
         if self.spd_cfg.verdict_lag:
+            now = [(req, e) for req, e in done if req.follows_grammar]   # verified when they complete
+            done = [(req, e) for req, e in done if not req.follows_grammar]
+            if now:
+                result = self._spd_verify(now)
+                for row, (req, _) in enumerate(now):
+                    verdicts[req.req_id] = result.read(row)
+                    req.verdict_logprobs = result.read_logprobs(row)
             for req, e in done:
                 if req.early is None or req.early[0] is not e:
                     raise RuntimeError(f"spd: no verdict was queued for request {req.req_id} at position {e.pos}")
@@ -642,7 +700,7 @@ class SPDRunnerMixin(DraftingMixin):
         the verification of the tokens that left the last stage this cycle (read next
         cycle, when they complete), so neither this cycle's broadcast nor the next
         cycle's stage waits for it."""
-        left = [(req, e) for req in active if not req.gate.stopped
+        left = [(req, e) for req in active if not req.gate.stopped and not req.follows_grammar
                 for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
         if left:
             queued = self._spd_verify(left)
@@ -668,10 +726,7 @@ class SPDRunnerMixin(DraftingMixin):
             return Verdicts(graphs.verify(normed, drafts))
         if isinstance(normed, list):
             normed = torch.stack(normed)
-        raw = model.compute_logits(normed).float()
-        logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
-        self._spd_apply_min_tokens(logits, reqs)
-        self._spd_apply_rules(logits, reqs)
+        raw, logits = self._spd_target_logits(normed, reqs)
         qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
         accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
         return Verdicts(torch.stack([accepted.to(tokens.dtype), tokens]),

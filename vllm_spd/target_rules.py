@@ -40,6 +40,10 @@ class TargetRules:
     prompt_ids: list[int]
     #: sample logprobs per committed token (-1: the whole vocabulary), None: none
     num_logprobs: int | None
+    #: structured output: vLLM's grammar masks the target at the committed frontier
+    grammar: bool = False
+    #: logprob_token_ids: these tokens' logprobs instead of the top ones
+    logprob_ids: list[int] | None = None
 
     @classmethod
     def from_params(cls, sp, prompt_ids) -> "TargetRules | None":
@@ -48,8 +52,14 @@ class TargetRules:
                     logit_bias={int(k): float(v) for k, v in (sp.logit_bias or {}).items()},
                     presence=float(sp.presence_penalty or 0.0), frequency=float(sp.frequency_penalty or 0.0),
                     repetition=float(sp.repetition_penalty if sp.repetition_penalty is not None else 1.0),
-                    prompt_ids=list(prompt_ids or ()), num_logprobs=sp.logprobs)
-        return rules if rules.shapes_logits or rules.num_logprobs is not None else None
+                    prompt_ids=list(prompt_ids or ()), num_logprobs=sp.logprobs,
+                    grammar=sp.structured_outputs is not None,
+                    logprob_ids=list(sp.logprob_token_ids) if sp.logprob_token_ids else None)
+        return rules if rules.shapes_logits or rules.wants_logprobs or rules.grammar else None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.num_logprobs is not None or self.logprob_ids is not None
 
     @property
     def penalized(self) -> bool:
@@ -120,11 +130,17 @@ def logprob_scores(raw: torch.Tensor, processed: torch.Tensor | None, mode: str,
     return x if mode.endswith("logits") else x.log_softmax(dim=-1)
 
 
-def gather(scores: torch.Tensor, num_logprobs: int, tokens: torch.Tensor):
+def gather(scores: torch.Tensor, num_logprobs: int, tokens: torch.Tensor, token_ids: list[int] | None = None):
     """vLLM's own gather of the top ``num_logprobs`` and each row's token (with its rank):
-    ``(ids [R, k+1] int32, logprobs [R, k+1], ranks [R])``."""
+    ``(ids [R, k+1] int32, logprobs [R, k+1], ranks [R])``; with ``token_ids``
+    (logprob_token_ids) those tokens' logprobs after the row's token instead."""
     from vllm.v1.sample.sampler import Sampler
 
+    if token_ids is not None:
+        ids = torch.cat([tokens.to(torch.int64)[:, None],
+                         torch.tensor(token_ids, device=scores.device).expand(tokens.shape[0], -1)], 1)
+        chosen = scores.gather(1, ids[:, :1])
+        return ids.to(torch.int32), scores.gather(1, ids), (scores >= chosen).sum(-1)
     k = scores.shape[1] if num_logprobs == -1 else num_logprobs
     ids, lps, ranks = Sampler.gather_logprobs(scores, k, tokens.to(torch.int64))[:3]
     return ids, lps, ranks

@@ -306,7 +306,7 @@ def verify_sampled(
         uniform, noise: optional draws used instead of drawing them: ``u`` [B]
             float64 for the acceptance test, Exp(1) ``[B, V]`` for the residual sample.
 
-    Accept iff ``u * q(x) <= p(x)`` and ``q(x) > 0`` (``u ~ U[0,1)``, float64),
+    Accept iff ``u * q(x) <= p(x)``, ``q(x) > 0`` and ``p(x) > 0`` (``u ~ U[0,1)``, float64),
     i.e. with probability ``min(1, p(x)/q(x))``. On reject emit a sample from
     ``normalize(max(0, p - q_full))`` (``p`` itself if that mass is ~0). The
     emitted token is then distributed exactly as ``p``.
@@ -326,7 +326,7 @@ def verify_sampled(
     q_x = q_full.gather(1, x).squeeze(1).double()
 
     u = _uniform(batch, p.device, generators) if uniform is None else uniform
-    accepted = valid & (q_x > 0) & (u * q_x <= p_x)
+    accepted = valid & (q_x > 0) & (p_x > 0) & (u * q_x <= p_x)   # p(x) = 0 (masked): never, even at u = 0
 
     residual = (pf - q_full).clamp_min_(0)
     mass = residual.sum(dim=-1, keepdim=True)
