@@ -90,6 +90,8 @@ def test_non_spd_configs_untouched(tiny_qwen3):
     ({"num_stages": 2, "drafter": "head"}, {}, r"drafter='head' but no head given and none found"),
     ({"num_stages": 2, "drafter": "hybrid"}, {}, r"drafter='hybrid' but no head given and none found"),
     ({"num_stages": 2, "num_speculative_tokens": 7}, {}, r"num_speculative_tokens=7 is derived from cycles_per_step"),
+    ({"num_stages": 2}, {"logits_processors": ["vllm.v1.sample.logits_processor:MinPLogitsProcessor"]},
+     r"custom logits processors \(--logits-processors\) are not applied"),
 ])
 def test_config_errors(tiny_qwen3, spec, kw, message):
     with pytest.raises(ValueError, match=message) as e:

@@ -244,6 +244,10 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any):
 def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_parallel_config: Any):
     """Validate an spd dict against the target and build the config object."""
     check_keys(spec)
+    if getattr(target_model_config, "logits_processors", None):
+        raise ValueError("spd: custom logits processors (--logits-processors) are not applied when SPD "
+                         "verifies drafts, so output would not be the target's; remove them or serve "
+                         "without speculative decoding")
     hf_config = target_model_config.hf_text_config
     num_layers = check_target(target_model_config.hf_config)
     num_stages = spec.get("num_stages", DEFAULT_NUM_STAGES)
