@@ -3,8 +3,8 @@
 SPD verifies each draft against the target distribution after everything vLLM's sampler
 applies: a structured output's grammar mask, allowed tokens, bad words, min_tokens, logit
 bias, penalties (``target_rules``), then temperature, min-p, top-k and top-p; it returns
-sample and prompt logprobs as vLLM does. What is left is refused when the request arrives, with a message naming the
-field, so nothing running is disturbed.
+sample and prompt logprobs as vLLM does. What is left is refused when the request
+arrives, with a message naming the field, so nothing running is disturbed.
 """
 
 from __future__ import annotations

@@ -279,9 +279,10 @@ class SPDRunnerMixin(DraftingMixin):
             full[rows] = bitmask
             xgr.apply_token_bitmask_inplace(raw, full.to(raw.device), indices=rows if raw.is_cpu else
                                             torch.tensor(rows, dtype=torch.int32, device=raw.device))
-        logits = raw.clone() if any(r.rules is not None for r in reqs) else raw
+        ruled = any(r.rules is not None for r in reqs)
+        logits = raw.clone() if ruled else raw
         self._spd_apply_min_tokens(logits, reqs)
-        if any(r.rules is not None for r in reqs):
+        if ruled:
             from vllm_spd.target_rules import apply_rules
 
             apply_rules(logits, [r.rules for r in reqs], [self.requests[r.req_id].output_token_ids for r in reqs])
@@ -364,6 +365,7 @@ class SPDRunnerMixin(DraftingMixin):
 
         from vllm_spd import target_rules
 
+        model = self.get_model()
         done = {}
         offset = 0
         for (idx, req_id, _), c in zip(work, chunks):
@@ -380,11 +382,11 @@ class SPDRunnerMixin(DraftingMixin):
             count = min(num, len(prompt) - 1 - start)
             if count > 0:
                 rows = slice(offset - num, offset - num + count)
-                normed, _ = self.get_model().model.norm(hidden[rows], residual[rows])
-                logits = self.get_model().compute_logits(normed).float()
-                mode = self.model_config.logprobs_mode
-                scores = logits if mode.endswith("logits") else logits.log_softmax(dim=-1)
-                nxt = torch.tensor(prompt[start + 1:start + 1 + count], device=logits.device)
+                normed, _ = model.model.norm(hidden[rows], residual[rows])
+                # prompt tokens skip the sampler's processing: raw and processed modes agree
+                scores = target_rules.logprob_scores(model.compute_logits(normed), None,
+                                                     self.model_config.logprobs_mode, None)
+                nxt = torch.tensor(prompt[start + 1:start + 1 + count], device=scores.device)
                 ids, lps, ranks = target_rules.gather(scores, k, nxt)
                 acc.logprob_token_ids[start:start + count].copy_(ids)
                 acc.logprobs[start:start + count].copy_(lps)
@@ -409,10 +411,12 @@ class SPDRunnerMixin(DraftingMixin):
         scores = target_rules.logprob_scores(raw[rows], processed[rows], self.model_config.logprobs_mode, warp)
         out = {}
         for i, r in enumerate(rows):
-            rules = reqs[r].rules
-            ids, lps, ranks = target_rules.gather(scores[i:i + 1], rules.num_logprobs, tokens[r:r + 1],
-                                                  rules.logprob_ids)
-            out[r] = (ids[0], lps[0], ranks[0])
+            rules, score, token = reqs[r].rules, scores[i:i + 1], tokens[r:r + 1].to(torch.int64)
+            if rules.logprob_ids is not None:   # vLLM's own gather of given tokens
+                got = self.sampler.gather_specific_token_logprobs(score, {0: rules.logprob_ids}, token)
+            else:
+                got = target_rules.gather(score, rules.num_logprobs, token)
+            out[r] = tuple(t[0] for t in got[:3])
         return out
 
     def _spd_logprobs(self, req_ids):
@@ -674,33 +678,34 @@ class SPDRunnerMixin(DraftingMixin):
         done = [(req, req.pipe.completing()) for req in active]
         done = [(req, e) for req, e in done if e is not None]
         verdicts: dict[str, tuple[bool, int]] = {}
-        if self.spd_cfg.verdict_lag:
-            now = [(req, e) for req, e in done if req.follows_grammar]   # verified when they complete
-            done = [(req, e) for req, e in done if not req.follows_grammar]
-            if now:
-                result = self._spd_verify(now)
-                for row, (req, _) in enumerate(now):
-                    verdicts[req.req_id] = result.read(row)
-                    req.verdict_logprobs = result.read_logprobs(row)
-            for req, e in done:
-                if req.early is None or req.early[0] is not e:
-                    raise RuntimeError(f"spd: no verdict was queued for request {req.req_id} at position {e.pos}")
-                verdicts[req.req_id] = req.early[1].read(req.early[2])
-                req.verdict_logprobs = req.early[1].read_logprobs(req.early[2])
-                req.early = None
-        elif done:
-            result = self._spd_verify(done)
-            for row, (req, _) in enumerate(done):
+        # Queued a cycle early, or (no lag; a grammar's mask, known for the frontier only)
+        # verified now, as they complete.
+        queued = [(req, e) for req, e in done if self._spd_verifies_ahead(req)]
+        now = [(req, e) for req, e in done if not self._spd_verifies_ahead(req)]
+        for req, e in queued:
+            if req.early is None or req.early[0] is not e:
+                raise RuntimeError(f"spd: no verdict was queued for request {req.req_id} at position {e.pos}")
+            verdicts[req.req_id] = req.early[1].read(req.early[2])
+            req.verdict_logprobs = req.early[1].read_logprobs(req.early[2])
+            req.early = None
+        if now:
+            result = self._spd_verify(now)
+            for row, (req, _) in enumerate(now):
                 verdicts[req.req_id] = result.read(row)
                 req.verdict_logprobs = result.read_logprobs(row)
         return [verdicts.get(req.req_id) for req in active]
+
+    def _spd_verifies_ahead(self, req: SPDRequest) -> bool:
+        """Whether ``req``'s verdicts are queued a cycle before they are read
+        (``verdict_lag`` 1), which a grammar request's cannot be."""
+        return bool(self.spd_cfg.verdict_lag) and not req.follows_grammar
 
     def _spd_verify_ahead(self, active) -> None:
         """Controller, ``verdict_lag`` 1, after this cycle's verdicts took effect: queue
         the verification of the tokens that left the last stage this cycle (read next
         cycle, when they complete), so neither this cycle's broadcast nor the next
         cycle's stage waits for it."""
-        left = [(req, e) for req in active if not req.gate.stopped and not req.follows_grammar
+        left = [(req, e) for req in active if not req.gate.stopped and self._spd_verifies_ahead(req)
                 for e in req.pipe.window if e.depth == self.spd_layout.num_stages]
         if left:
             queued = self._spd_verify(left)

@@ -130,17 +130,11 @@ def logprob_scores(raw: torch.Tensor, processed: torch.Tensor | None, mode: str,
     return x if mode.endswith("logits") else x.log_softmax(dim=-1)
 
 
-def gather(scores: torch.Tensor, num_logprobs: int, tokens: torch.Tensor, token_ids: list[int] | None = None):
+def gather(scores: torch.Tensor, num_logprobs: int, tokens: torch.Tensor):
     """vLLM's own gather of the top ``num_logprobs`` and each row's token (with its rank):
-    ``(ids [R, k+1] int32, logprobs [R, k+1], ranks [R])``; with ``token_ids``
-    (logprob_token_ids) those tokens' logprobs after the row's token instead."""
+    ``(ids [R, k+1] int32, logprobs [R, k+1], ranks [R])``."""
     from vllm.v1.sample.sampler import Sampler
 
-    if token_ids is not None:
-        ids = torch.cat([tokens.to(torch.int64)[:, None],
-                         torch.tensor(token_ids, device=scores.device).expand(tokens.shape[0], -1)], 1)
-        chosen = scores.gather(1, ids[:, :1])
-        return ids.to(torch.int32), scores.gather(1, ids), (scores >= chosen).sum(-1)
     k = scores.shape[1] if num_logprobs == -1 else num_logprobs
     ids, lps, ranks = Sampler.gather_logprobs(scores, k, tokens.to(torch.int64))[:3]
     return ids, lps, ranks
