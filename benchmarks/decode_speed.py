@@ -186,7 +186,7 @@ def run_system(a) -> list[dict]:
         head = _random_head(a, mdir, None) if a.one_gpu_pdm_alphas else None
         kw.update(enforce_eager=a.spd_eager, speculative_config={
             "method": "spd", "num_stages": n, "stage_placement": "single_worker", "drafter": "oracle",
-            "oracle_tokens": rec, "oracle_alpha": 0.0, "cycles_per_step": a.cycles_per_step, "verdict_lag": 0,
+            "oracle_tokens": rec, "oracle_alpha": 0.0, "cycles_per_step": a.cycles_per_step or None, "verdict_lag": 0,
             **({"model": head} if head else {})})
     elif system == "spd":
         head = _random_head(a, mdir, stage_layers_for(a, cfg))
@@ -203,6 +203,7 @@ def run_system(a) -> list[dict]:
     base = dict(system=system, num_gpus=1 if system in ("tp1", "spd1") else n, engine_start_s=start_s)
     if system == "spd1":
         base["num_stages"] = n
+        base["cycles_per_step"] = llm.llm_engine.vllm_config.speculative_config.cycles_per_step
         return _one_worker_rows(llm, a, vocab, rec, base)
     if system == "spd":
         base["stage_layers"] = llm.llm_engine.vllm_config.speculative_config.stage_layers
@@ -343,7 +344,8 @@ def print_table(rows: list[dict]) -> None:
         t = r.get("device_cycle_timing")
         if t:
             print(f"{'':8s}host {t['host_us_per_cycle']} us/cycle, device {t['device_ms_per_cycle']} ms/cycle, "
-                  f"idle {t['idle_us_between_cycles']} us between cycles; output = plain: {r['output_matches_plain']}")
+                  f"idle {t['idle_us_between_cycles']} us between cycles, {t.get('idle_us_between_steps')} us "
+                  f"between steps; output = plain: {r['output_matches_plain']}")
         for rank, split in enumerate(r.get("cycle_split") or []):
             parts = " ".join(f"{k}={v:.3f}" for k, v in split["ms_per_cycle"].items())
             print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")
@@ -388,7 +390,7 @@ def main(argv=None) -> None:
                     help="spd1: alphas at which the host-driven cycle is measured too")
     ap.add_argument("--one-gpu-pdm-alphas", type=float, nargs="*", default=[0.8],
                     help="spd1: alphas at which a random draft module also runs every cycle (unused)")
-    ap.add_argument("--cycles-per-step", type=int, default=64)
+    ap.add_argument("--cycles-per-step", type=int, default=64, help="SPD's cycles_per_step (0: its default)")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)
     ap.add_argument("--stage-layers", default="auto",

@@ -80,7 +80,7 @@ def test_one_gpu_system_cpu(tiny_qwen3, tmp_path, capsys):
                       ("spd1", 0.6, "device", "oracle"), ("spd1", 0.6, "device", "oracle+pdm_priced"),
                       ("spd1", 0.6, "host", "oracle")]
     spd = rows[1:]
-    assert all(r["num_stages"] == 3 and r["num_gpus"] == 1 for r in spd)
+    assert all(r["num_stages"] == 3 and r["num_gpus"] == 1 and r["cycles_per_step"] == 6 for r in spd)
     assert spd[0]["measured_alpha"] == 1.0 and spd[1]["measured_alpha"] == 1.0
     # the same drafts, the same verdicts, with or without the draft module running, in either cycle
     assert spd[2]["measured_alpha"] == spd[3]["measured_alpha"] == spd[4]["measured_alpha"] < 1.0

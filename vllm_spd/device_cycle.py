@@ -546,7 +546,9 @@ class DeviceCycle:
         switched: the host's time per cycle (graph launches, plus each step's load and
         read-back spread over its cycles, the wait for the device excluded), the device's
         time per cycle (CUDA events around each launch) and its idle time between
-        consecutive cycles of a step (from one cycle's end event to the next one's start)."""
+        consecutive cycles of a step (from one cycle's end event to the next one's start)
+        and between the last cycle of a step and the first of the next (the engine step's
+        own turn-around: read-back, scheduler, next load)."""
         import statistics
 
         out = {}
@@ -558,7 +560,9 @@ class DeviceCycle:
             for c in self.samples["step_cycles"]:
                 at += c
                 bounds.add(at)
-            idle = [1000 * ev[i][1].elapsed_time(ev[i + 1][0]) for i in range(len(ev) - 1) if i + 1 not in bounds]
+            gaps = [(i + 1 in bounds, 1000 * ev[i][1].elapsed_time(ev[i + 1][0])) for i in range(len(ev) - 1)]
+            idle = [g for between_steps, g in gaps if not between_steps]
+            step_idle = [g for between_steps, g in gaps if between_steps]
             cycles = sum(self.samples["step_cycles"])
             host = sum(self.samples["launch_us"]) + sum(self.samples["step_host_us"])
             out = {"cycles": cycles, "steps": len(self.samples["step_cycles"]),
@@ -567,7 +571,8 @@ class DeviceCycle:
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
                    "device_ms_per_cycle": round(statistics.median(dev), 4),
                    "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None,
-                   "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None}
+                   "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None,
+                   "idle_us_between_steps": round(statistics.median(step_idle), 1) if step_idle else None}
         self.timing = on
         self._events = []
         self.samples = {"launch_us": [], "step_host_us": [], "step_cycles": []}
