@@ -52,12 +52,16 @@ def _peak_memory(worker):
 
 
 def _set_oracle(worker, path, alpha, drafter, price_pdm):
+    """Switch a live runner's drafter (the device cycle reads the config at each step),
+    keeping its draft module (stream, captured graphs)."""
+    from vllm_spd.drafting import make_drafter
     from vllm_spd.oracle import OracleDrafter
 
     r = worker.model_runner
-    r.spd_oracle = OracleDrafter.from_file(path, alpha, r.model_config.get_vocab_size())
     r.spd_cfg.drafter = drafter
     r.spd_price_pdm = price_pdm
+    oracle = OracleDrafter.from_file(path, alpha, r.model_config.get_vocab_size())
+    r.spd_drafter = make_drafter(r, r.spd_drafter.module, oracle)
 
 
 def _arm_profile(worker, after):

@@ -61,28 +61,28 @@ class Recorder:
             rec.lookups.append((list(tokens), found))
             return found
 
-        original_begin = drafting.DraftingMixin._spd_draft_begin
+        original_begin = drafting.Hybrid.begin
 
-        def draft_begin(runner, active, index, limit):
-            launch = original_begin(runner, active, index, limit)
+        def draft_begin(drafter, active, index, wants):
+            launch = original_begin(drafter, active, index, wants)
 
             def recorded_launch():
                 rec.probs, rec.lookups = None, []
                 finish = launch()
-                rec.collect(runner, active, limit)
+                rec.collect(drafter.runner, wants)
                 return finish
             return recorded_launch
 
         pdm.PipelineDraftModule.draft_greedy = draft_greedy
         drafting.match_ngram = match_ngram
-        drafting.DraftingMixin._spd_draft_begin = draft_begin
+        drafting.Hybrid.begin = draft_begin
 
-    def collect(self, runner, active, limit):
+    def collect(self, runner, wants):
         """Pairs this cycle's lookups with the head's rows: a lookup was made, in order,
         for every active request that wanted a draft (all greedy here)."""
         if self.probs is None or not self.lookups:
             return
-        wanting = [row for row, req in enumerate(active) if req.pipe.draft_pos < limit[req.req_id]]
+        wanting = [row for row, w in enumerate(wants) if w]
         ids = runner.spd_pdm.draft_token_ids.tolist()
         where = {t: k for k, t in enumerate(ids)}
         for row, (context, found) in zip(wanting, self.lookups):

@@ -42,6 +42,15 @@ class FakeLink:
         return FakeControl(self.log, values if values is not None else [-1, 0, -1] * (count // 3))
 
 
+class FakeDrafter:
+    def __init__(self, log):
+        self.log = log
+
+    def begin(self, active, index, wants):
+        self.log.append("draft_begin")
+        return lambda: lambda: [None] * len(active)
+
+
 class Recorder(SPDRunnerMixin):
     def __init__(self, link, lag, cycles):
         self.log = []
@@ -55,14 +64,11 @@ class Recorder(SPDRunnerMixin):
         req.gate = CommitGate(set(), set(), 0, 1 << 30)
         self.spd_requests = {"r": req}
         self.spd_device = None     # the host-driven cycle (device_cycle.py has no such order)
+        self.spd_drafter = FakeDrafter(self.log)
 
     def _spd_post_receives(self, plan):
         self.log.append("post_receives")
         return []
-
-    def _spd_draft_begin(self, active, index, limit):
-        self.log.append("draft_begin")
-        return lambda: lambda: [None] * len(active)
 
     def _spd_run_stages(self, plan, index):
         self.log.append("stage")

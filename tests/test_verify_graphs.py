@@ -58,12 +58,12 @@ def test_no_capture_off_a_gpu():
     """Off a GPU nothing is captured or stored, and vLLM's graph memory figure stands."""
     from types import SimpleNamespace
 
-    from vllm_spd.drafting import DraftingMixin
+    from vllm_spd.runner import SPDRunnerMixin
     from vllm_spd.verify_graphs import graphs_supported
 
     runner = SimpleNamespace(device=torch.device("cpu"))
     made = []
-    size = DraftingMixin._spd_capture_graphs(runner, 5, "verification", graphs_supported, made.append,
-                                             "spd_verify_graphs")
+    size = SPDRunnerMixin._spd_capture_graphs(runner, 5, "verification", graphs_supported, made.append,
+                                              "spd_verify_graphs")
     assert size == 5 and not made and not hasattr(runner, "spd_verify_graphs")
     assert graphs_supported(runner) == (False, "not a CUDA device")

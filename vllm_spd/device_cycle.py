@@ -265,7 +265,7 @@ class DeviceCycle:
             pending.append(int(req.pending is not None))
             if runner.spd_cfg.drafter == "oracle" and self.controller:
                 prompt = state.prompt_token_ids
-                oracle = runner._spd_oracle()
+                oracle = runner.spd_drafter.proposer
                 base = win[0].pos + 1 - self.n
                 proposals.append([oracle.propose(prompt, base + k) for k in range(self.oracle_span)])
                 bases.append(base)

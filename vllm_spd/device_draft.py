@@ -1,7 +1,7 @@
 """The draft module inside the device cycle: its rows, anchors and metadata on the device.
 
 Every cycle, before the stages run, the draft module reads each row's *draft rows*
-(the same rows as the host cycle's ``_spd_pdm_rows``): the pending finished token at
+(the same rows as the host cycle's ``DraftModule.rows``): the pending finished token at
 full depth, if its row completed one last cycle, then the in-flight tokens oldest
 first, each of the aggregation type of its depth. Here they are a fixed block of
 ``q = n + 1`` rows per request at consecutive positions: rows past the request's

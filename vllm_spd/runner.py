@@ -33,7 +33,7 @@ import torch
 
 from vllm_spd import layout as layout_mod
 from vllm_spd.cycle_timer import CycleTimer
-from vllm_spd.drafting import DraftingMixin
+from vllm_spd.drafting import Drafter, make_drafter
 from vllm_spd.pipeline import CommitGate, RequestPipeline
 from vllm_spd.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
 from vllm_spd.staged import Chunk, SliceRunner, to_device
@@ -84,7 +84,7 @@ class StepStats:
     committed: int = 0
 
 
-class SPDRunnerMixin(DraftingMixin):
+class SPDRunnerMixin:
     """Mixed into vLLM's (GPU or CPU) V1 model runner; see module docstring."""
 
     def _spd_setup(self, spd_cfg) -> None:
@@ -161,6 +161,7 @@ class SPDRunnerMixin(DraftingMixin):
             logger.info("spd: loaded draft head %s (%d draft layers, %d draft tokens, anchors %s)",
                         self.spd_cfg.model, head_cfg.num_draft_layers, head_cfg.draft_vocab_size, head_cfg.anchors)
         self.spd_slices = SliceRunner(self, layer_names, extra)
+        self.spd_drafter: Drafter = make_drafter(self)
         logger.info("spd: %d stages over layers %s", self.spd_layout.num_stages, list(self.spd_layout.ranges))
 
     def _spd_setup_stage_forward(self, tm, layer_names: dict[int, str]) -> None:
@@ -327,12 +328,12 @@ class SPDRunnerMixin(DraftingMixin):
         anchors.update(caught)
         if not self.spd_is_controller:
             self._spd_send_rows(link.stage, hidden, residual, anchors)
-        elif self.spd_pdm is not None:
+        elif self.spd_drafter.module is not None:
             if 0 in lay.anchors and 0 not in anchors:
                 anchors[0] = self._spd_embed(chunk_ids())
             stack = torch.stack([anchors[k] for k in lay.anchors])
             types = torch.full((stack.shape[1],), lay.depth_to_type[-1], device=self.device)
-            self._pdm_forward(chunks, stack, types)
+            self.spd_drafter.prefill(chunks, stack, types)
         if self.spd_is_controller and self.num_prompt_logprobs:
             prompt_logprobs.update(self._spd_prompt_logprobs(work, chunks, hidden, residual))
         todo = [(w, c) for (w, c, f) in zip(work, chunks, finishing) if f]
@@ -545,7 +546,8 @@ class SPDRunnerMixin(DraftingMixin):
                 # Drafts use features from before this cycle: gathered now, drafted once
                 # the stage forward is queued (the draft module on its own stream).
                 with timer.phase("draft"):
-                    launch_drafts = self._spd_draft_begin(active, index, limit)
+                    wants = [req.pipe.draft_pos < limit[req.req_id] for req in active]
+                    launch_drafts = self.spd_drafter.begin(active, index, wants)
             with timer.phase("stage"):
                 self._spd_run_stages(plan, index)
             if self.spd_is_controller:
@@ -605,7 +607,7 @@ class SPDRunnerMixin(DraftingMixin):
                 caught[0] = self._spd_embed(ids)
             for row, (req, e) in enumerate(work):
                 req.carry[e.pos] = (hidden[row], None if residual is None else residual[row])
-                if self.spd_pdm is not None:
+                if self.spd_drafter.module is not None:
                     req.anchors.setdefault(e.pos, {}).update({k: v[row] for k, v in caught.items()})
 
     def _spd_stage_forward(self, stage, work, chunks, hidden, residual):
@@ -733,7 +735,7 @@ class SPDRunnerMixin(DraftingMixin):
             normed = torch.stack(normed)
         raw, logits = self._spd_target_logits(normed, reqs)
         qs = [req.draft_q.get(c.pos) if c is not None else None for req, c in zip(reqs, cands)]
-        accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self._spd_draft_vocab())
+        accepted, tokens = verify_drafts(logits, drafts, qs, [req.sampling for req in reqs], self.spd_drafter.vocab)
         return Verdicts(torch.stack([accepted.to(tokens.dtype), tokens]),
                         self._spd_token_logprobs(reqs, raw, logits, tokens))
 
@@ -749,9 +751,9 @@ class SPDRunnerMixin(DraftingMixin):
         return self.spd_verify_graphs
 
     def capture_model(self):
-        """vLLM's graphs and the draft module's, then verification's (on the controller),
-        then the device cycle's (one worker)."""
-        size = super().capture_model()
+        """vLLM's graphs, then the draft module's and verification's (on the controller,
+        where supported), then the device cycle's (one worker)."""
+        size = self.spd_drafter.capture(super().capture_model())
         if self.spd_is_controller:
             from vllm_spd.verify_graphs import VerifyGraphs, graphs_supported
 
@@ -761,6 +763,21 @@ class SPDRunnerMixin(DraftingMixin):
 
         return self._spd_capture_graphs(size, "the device cycle", device_cycle.graphs_supported,
                                         device_cycle.DeviceCycle, "spd_device")
+
+    def _spd_capture_graphs(self, size, what: str, supported, make, attr: str, owner=None):
+        """Capture one of SPD's own graph sets after vLLM's: where ``supported(self)``
+        allows it, ``make(self).capture()`` is kept as ``<owner>.<attr>`` (``owner``: the
+        runner unless given) and the device memory it took is added to ``size`` (vLLM's
+        figure for its graphs); otherwise ``what`` runs eagerly, and the log says why."""
+        ok, why = supported(self)
+        if not ok:
+            logger.info("spd: %s runs eagerly (%s)", what, why)
+            return size
+        free = torch.cuda.mem_get_info(self.device)[0]
+        graphs = make(self)
+        graphs.capture()
+        setattr(self if owner is None else owner, attr, graphs)
+        return (size or 0) + max(0, free - torch.cuda.mem_get_info(self.device)[0])
 
     def _spd_device_cycle(self):
         """The device-resident cycle (``device_cycle.py``): captured on a GPU by
@@ -775,8 +792,8 @@ class SPDRunnerMixin(DraftingMixin):
 
     def _spd_decide(self, active, launch_drafts):
         """Controller: this cycle's drafts (from ``launch_drafts``, see
-        :meth:`_spd_draft_begin`) enter the pipelines and the completing tokens' verdicts
-        are read; with other ranks, the broadcast of both starts. Returns
+        :meth:`~vllm_spd.drafting.Drafter.begin`) enter the pipelines and the completing
+        tokens' verdicts are read; with other ranks, the broadcast of both starts. Returns
         ``((drafts, verdicts), control)``."""
         timer = self.spd_timer
         with timer.phase("draft"):
