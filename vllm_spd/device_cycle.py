@@ -267,7 +267,7 @@ class DeviceCycle:
                 prompt = state.prompt_token_ids
                 oracle = runner.spd_drafter.proposer
                 base = win[0].pos + 1 - self.n
-                proposals.append([oracle.propose(prompt, base + k) for k in range(self.oracle_span)])
+                proposals.append(oracle.proposals(prompt, base, self.oracle_span))
                 bases.append(base)
         dev = self.hidden.device
         B = len(reqs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 
 
 def prompt_key(prompt_token_ids) -> str:
@@ -40,10 +39,22 @@ class OracleDrafter:
             return cls(json.load(f), alpha, vocab_size)
 
     def propose(self, prompt_ids, pos: int) -> int:
+        return self.proposals(prompt_ids, pos, 1)[0]
+
+    def proposals(self, prompt_ids, start: int, count: int) -> list[int]:
+        """``propose(prompt_ids, pos)`` for ``count`` positions from ``start``, the prompt
+        hashed once: the device cycle asks for a whole step's positions at a time, and
+        this instrument's host time must not stand in for SPD's."""
         key = prompt_key(prompt_ids)
         recorded = self.recording.get(key, [])
-        i = pos - len(prompt_ids)
-        truth = recorded[i] if 0 <= i < len(recorded) else 0
-        # Per (request, position) randomness: the same draft on every visit.
-        hit = random.Random(f"{self.seed}:{key}:{pos}").random() < self.alpha
-        return truth if hit else (truth + 1) % self.vocab_size
+        out = []
+        for pos in range(start, start + count):
+            i = pos - len(prompt_ids)
+            truth = recorded[i] if 0 <= i < len(recorded) else 0
+            out.append(truth if self._hit(key, pos) else (truth + 1) % self.vocab_size)
+        return out
+
+    def _hit(self, key: str, pos: int) -> bool:
+        """Per (request, position) randomness: the same draft on every visit."""
+        digest = hashlib.blake2b(f"{self.seed}:{key}:{pos}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") < self.alpha * 2.0**64
