@@ -44,7 +44,8 @@ def test_spd_config_accepted(tiny_qwen3):
 
 def test_defaults_and_head(tiny_qwen3, head2):
     spec = engine_config(tiny_qwen3, {"method": "spd", "model": head2}).speculative_config
-    assert (spec.num_stages, spec.cycles_per_step, spec.drafter, spec.model) == (2, 4, "head", head2)
+    assert (spec.num_stages, spec.cycles_per_step, spec.drafter, spec.model) == (2, 32, "head", head2)
+    assert spec.num_speculative_tokens == 31
     assert spec.stage_layers == [4, 4]
 
 
