@@ -153,7 +153,10 @@ def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
         SamplingParams(max_tokens=9, temperature=0.0, ignore_eos=True),
         SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, min_tokens=5, stop_token_ids=[29, 31, 37])]
     results = []
-    for spec in (None, {"method": "spd", "num_stages": 2, "model": head, "stage_placement": "pipeline"}):
+    # 4 cycles a step: each decoding request takes cycles_per_step tokens of the 32-token
+    # budget, and several must decode at once for the small cache to preempt.
+    for spec in (None, {"method": "spd", "num_stages": 2, "model": head, "stage_placement": "pipeline",
+                        "cycles_per_step": 4}):
         llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=256, seed=0, block_size=32,
                   num_gpu_blocks_override=9, enable_chunked_prefill=True, max_num_batched_tokens=32,
                   disable_log_stats=False, speculative_config=spec)
