@@ -25,14 +25,10 @@ DEFAULT_NUM_STAGES = 2
 #: ``cycles_per_step`` when the speculative config does not set it (at least
 #: ``2 * num_stages``). Measured on one H100 (Qwen3-8B shape, batch 1, all stages in one
 #: worker): an engine step's turn-around (read-back, scheduler, next load) idles the GPU
-#: about 3.9 ms, against cycles of 6.9 to 7.3 ms, so 32 cycles a step lose under 2% to
-#: it while a step (the wait of a newly arrived request, and the streaming interval)
-#: stays near 0.2 s (with 2 * num_stages, 8 cycles at n=4, the same turn-around costs 7%).
+#: about 3.9 ms, against cycles of 6.9 to 7.3 ms, so 32 cycles a step would lose under 2%
+#: to it (modelled) while a step (the wait of a newly arrived request, and the streaming
+#: interval) stays near 0.2 s (with 2 * num_stages, 8 cycles at n=4, it costs 7%).
 DEFAULT_CYCLES_PER_STEP = 32
-
-
-def default_cycles_per_step(num_stages: int) -> int:
-    return max(DEFAULT_CYCLES_PER_STEP, 2 * num_stages)
 #: Target architectures SPD can run today (dense, full attention everywhere).
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 #: Attention kinds that need state rewind on a rejected draft, which SPD lacks yet.
@@ -251,6 +247,11 @@ def resolve_drafter(spec: dict[str, Any], target: str, hf_config: Any):
     cfg = checkpoint.read_config(head)
     checkpoint.check_fits_target(cfg, head, hf_config, num_stages, spec.get("stage_layers"), target)
     return ("hybrid" if drafter == "hybrid" else "head"), head, cfg
+
+
+def default_cycles_per_step(num_stages: int) -> int:
+    """``cycles_per_step`` when the config leaves it out (``DEFAULT_CYCLES_PER_STEP``)."""
+    return max(DEFAULT_CYCLES_PER_STEP, 2 * num_stages)
 
 
 def build_spd_config(spec: dict[str, Any], target_model_config: Any, target_parallel_config: Any):
