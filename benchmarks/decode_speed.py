@@ -24,6 +24,11 @@ median(1 token)) / (output_len - 1). SPD rows also report the measured per-draft
 acceptance, and one extra run with SPD's cycle timer on gives the per-cycle time split
 per rank (the timer synchronises the device, so that run is not used for speed).
 Peak GPU memory per rank is ``torch.cuda.max_memory_allocated`` of each worker.
+``--kernel-breakdown TOKENS`` adds, to plain TP=1 and to one-worker SPD at the first
+batch size and alpha, the device time per generated token by kernel category (matrix
+products, attention, norms, ...) and the top kernels, from the PyTorch profiler around
+one generate (start-up and prefill subtracted with a 1-token generate), to place where
+a cycle spends more than a plain decode step.
 Prints a table and writes JSON.
 """
 
@@ -94,6 +99,68 @@ def _device_cycle(worker, on):
 def _device_timing(worker, on):
     d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
     return d.set_timing(on) if d is not None else {}
+
+
+def _kernel_profile(worker, on):
+    """Start a CUDA-kernel profile in this worker (``on``), or stop it and return each
+    kernel's total device time in us and its launch count."""
+    import torch
+
+    if on:
+        worker._bench_profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+        worker._bench_profile.__enter__()
+        return {}
+    prof = worker._bench_profile
+    prof.__exit__(None, None, None)
+    out = {}
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            out[e.key] = (float(us), int(e.count))
+    return out
+
+
+#: kernel-name patterns of each category of the kernel breakdown, first match wins
+KERNEL_CATEGORIES = (
+    ("kv write", ("reshape_and_cache",)),
+    ("attention", ("flash", "attn", "prepare_varlen", "paged_attention")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "splitk", "xmma", "cublas", "sm90_", "ampere_")),
+    ("norm", ("rms_norm", "layernorm", "layer_norm")),
+    ("activation", ("act_and_mul", "silu", "gelu")),
+    ("rotary", ("rotary",)),
+    ("spd kernels", ("_advance_kernel", "_plan_kernel", "_aggregate_kernel", "_draft_head_kernel",
+                     "_argmax_blocks_kernel")),
+    ("inductor", ("triton_",)),
+    ("copy", ("memcpy", "memset")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The breakdown category of a CUDA kernel name (``other`` when nothing matches)."""
+    low = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_breakdown(llm, prompts, tokens: int) -> dict:
+    """Device time per generated token by kernel category, and the kernels that take the
+    most: profiles a generate of ``tokens + 1`` tokens and one of 1 token, and divides
+    the difference by ``batch * tokens`` (so prefill and start-up cancel)."""
+    profiles = []
+    for n in (tokens + 1, 1):
+        llm.collective_rpc(_kernel_profile, args=(True,))
+        _timed(llm, prompts, n)
+        profiles.append(llm.collective_rpc(_kernel_profile, args=(False,))[0])
+    long, short = profiles
+    per = len(prompts) * tokens
+    kernels = {k: ((us - short.get(k, (0, 0))[0]) / per, (count - short.get(k, (0, 0))[1]) / per)
+               for k, (us, count) in long.items()}
+    cats: dict[str, float] = {}
+    for name, (us, _) in kernels.items():
+        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + us
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:15]
+    return {"tokens": tokens, "us_per_token": {k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+            "total_us_per_token": round(sum(cats.values()), 1),
+            "top_kernels": [[name[:120], round(us, 2), round(count, 2)] for name, (us, count) in top]}
 
 
 def _timer(worker, on):
@@ -216,6 +283,8 @@ def run_system(a) -> list[dict]:
         prompts = _prompts(vocab, b, a.input_len)
         if system != "spd":
             rows.append(_speed(llm, prompts, a, base))
+            if a.kernel_breakdown and system == "tp1" and b == a.batch[0]:
+                rows[-1]["kernels"] = kernel_breakdown(llm, prompts, a.kernel_breakdown)
             continue
         from vllm_spd.oracle import save_recording
 
@@ -296,6 +365,8 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
                     llm.collective_rpc(_arm_profile, args=(4,))   # a steady-state step of its warm-up
                 row = _speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced" if pdm else "oracle",
                                                "alpha": alpha, "cycle": cycle})
+                if a.kernel_breakdown and (b, alpha, cycle, pdm) == (a.batch[0], a.alphas[0], "device", False):
+                    row["kernels"] = kernel_breakdown(llm, prompts, a.kernel_breakdown)
                 if cycle == "device":
                     llm.collective_rpc(_device_timing, args=(True,))
                     _timed(llm, prompts, a.output_len)
@@ -345,6 +416,10 @@ def print_table(rows: list[dict]) -> None:
         alpha = r.get("measured_alpha")
         print(f"{_label(r):36s} {r['batch']:5d} {r['out_tok_s']:8.1f} {r['ms_per_token']:8.2f} {vs:7.2f} "
               f"{'' if alpha is None else f'{alpha:.2f}':>6s}  {r.get('peak_mem_gib_per_rank', '')}")
+        k = r.get("kernels")
+        if k:
+            print(f"{'':8s}kernels {k['total_us_per_token']} us/token: "
+                  + ", ".join(f"{c} {us}" for c, us in k["us_per_token"].items()))
         t = r.get("device_cycle_timing")
         if t:
             print(f"{'':8s}host {t['host_us_per_cycle']} us/cycle, device {t['device_ms_per_cycle']} ms/cycle, "
@@ -407,6 +482,9 @@ def main(argv=None) -> None:
     ap.add_argument("--verdict-lag", type=int, default=None, choices=[0, 1],
                     help="SPD's verdict_lag (default: the engine's, 1 across ranks): 1 broadcasts each "
                          "cycle's drafts before the controller's stage, without waiting for verification")
+    ap.add_argument("--kernel-breakdown", type=int, default=0, metavar="TOKENS",
+                    help="tp1 and spd1 at the first batch and alpha: profile the CUDA kernels of a generate "
+                         "of TOKENS tokens and report device time per token by kernel category (0: off)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--gpu-mem", type=float, default=0.85)

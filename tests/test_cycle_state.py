@@ -65,8 +65,9 @@ def test_device_state_matches_reference(num_stages, seed):
             # the reference's decision of who runs, and what each stage runs
             active = [not r.gate.stopped and len(ref_commits[b]) < budgets[b] for b, r in enumerate(refs)]
             assert live[:B].tolist() == active and not live[B:].any()
+            plan = st.stage_plan(live)
             for s in range(num_stages):
-                runs, tok, pos = st.stage_rows(s, live)
+                runs, tok, pos = (x[s] for x in plan)
                 for b, r in enumerate(refs):
                     work = [e for d, e in r.pipe.stage_work() if d == s] if active[b] else []
                     assert bool(runs[b]) == bool(work), (step, b, s)

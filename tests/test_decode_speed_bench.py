@@ -86,3 +86,24 @@ def test_one_gpu_system_cpu(tiny_qwen3, tmp_path, capsys):
     assert spd[2]["measured_alpha"] == spd[3]["measured_alpha"] == spd[4]["measured_alpha"] < 1.0
     assert spd[0]["output_matches_plain"] and spd[2]["output_matches_plain"] and spd[3]["output_matches_plain"]
     assert "SPD n=3 1 GPU device cycle alpha=1.0" in capsys.readouterr().out
+
+
+def test_kernel_categories():
+    import decode_speed
+
+    cases = {
+        "nvjet_sm90_tst_192x8_64x8_2x1_v_bz_TNT": "matmul",
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float>": "matmul",
+        "void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90<...>>>": "attention",
+        "void flash::prepare_varlen_num_blocks_kernel<1, false>(...)": "attention",
+        "std::enable_if<(((8)>(0)))&&vllm::_typeConvert<c10::BFloat16>::exists, void>::type "
+        "vllm::fused_add_rms_norm_kernel<c10::BFloat16, 8>(...)": "norm",
+        "void vllm::act_and_mul_kernel<c10::BFloat16, ...>": "activation",
+        "void vllm::rotary_embedding_kernel<c10::BFloat16, c10::BFloat16, true>": "rotary",
+        "void vllm::reshape_and_cache_flash_kernel<__nv_bfloat16>": "kv write",
+        "_plan_kernel": "spd kernels",
+        "triton_poi_fused_add_mul_0": "inductor",
+        "Memcpy DtoD (Device -> Device)": "copy",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<long>>": "other",
+    }
+    assert {name: decode_speed.kernel_category(name) for name in cases} == cases

@@ -20,7 +20,7 @@ Per batch row (a request, or a padding row that never moves):
 A cycle on a *live* row (``real``, not stopped, budget left):
 
 1. every token with depth < n is advanced by the stage at its depth
-   (:meth:`CycleState.stage_rows` says which token each stage runs);
+   (:meth:`CycleState.stage_plan` says which token each stage runs);
 2. the draft enters at depth 0 at ``head + 1``, unless that position has no KV slot;
 3. the token that reaches depth n completes; its target token ``y`` verifies the token
    after it: equal -> that draft is committed; else every newer token is dropped and
@@ -105,12 +105,17 @@ class CycleState:
     def valid(self) -> torch.Tensor:
         return torch.arange(self.tok.shape[1], device=self.tok.device) < self.wlen[:, None]
 
-    def stage_rows(self, stage: int, live: torch.Tensor):
-        """What ``stage`` runs this cycle: ``(runs [B] bool, token [B], pos [B])``, the
-        token of depth ``stage`` in each live row (depths in a window are distinct)."""
-        hit = self.valid() & (self.depth == stage) & live[:, None]
-        slot = hit.to(torch.int32).argmax(dim=1, keepdim=True)
-        return hit.any(dim=1), self.tok.gather(1, slot)[:, 0], self.head - slot[:, 0]
+    def stage_plan(self, live: torch.Tensor):
+        """What every stage runs this cycle: ``(runs, token, pos)``, each ``[n, B]``: for
+        stage ``s``, the token of depth ``s`` in each live row (depths in a window are
+        distinct); where there is none, ``runs`` is False and slot 0's token and position
+        stand in. ``stage_plan.py`` adds the attention rows."""
+        n = self.num_stages
+        stages = torch.arange(n, device=self.tok.device)[:, None, None]
+        hit = (self.valid() & live[:, None])[None] & (self.depth[None] == stages)      # [n, B, W]
+        slot = hit.to(torch.int32).argmax(dim=2, keepdim=True)
+        tok = self.tok[None].expand(n, -1, -1).gather(2, slot)[..., 0]
+        return hit.any(dim=2), tok, self.head[None] - slot[..., 0]
 
     def mask_min_tokens(self, logits: torch.Tensor) -> None:
         """vLLM's min_tokens: stop tokens get -inf while fewer outputs exist (in place)."""

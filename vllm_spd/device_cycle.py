@@ -44,6 +44,7 @@ import time
 import torch
 
 from vllm_spd.cycle_state import CycleState
+from vllm_spd.stage_plan import StagePlan, plan_stages
 
 logger = logging.getLogger("vllm_spd")
 
@@ -85,11 +86,10 @@ class DeviceCycle:
         self.block_size = runner.cache_config.block_size
         self.block_table = torch.zeros(P, blocks, dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(P + 1, dtype=torch.int32, device=dev)
-        self.seq_lens = torch.ones(P, dtype=torch.int32, device=dev)
-        self.positions = torch.zeros(P, dtype=torch.int64, device=dev)
-        self.slots = torch.full((P,), -1, dtype=torch.int64, device=dev)
-        tm = runner.get_model().model
-        self.layer_names = [runner.spd_slices.layer_names[i] for i in range(tm.start_layer, tm.end_layer)]
+        #: what each stage runs every cycle, and its attention rows (one fused launch per cycle)
+        self.plan = StagePlan.allocate(self.n, P, dev)
+        #: FlashAttention 3's scheduler metadata planned once per stage and cycle, not per layer
+        self.schedule_once = self.on_gpu
         self.lookup = None
         if cfg.drafter in ("ngram", "hybrid") and self.controller:
             from vllm_spd.device_lookup import DeviceLookup
@@ -110,7 +110,8 @@ class DeviceCycle:
         self.verdict = torch.zeros(P, 2, dtype=torch.int64, device=dev)
         #: (padded batch, mode) -> the graph of one cycle
         self.graphs: dict[tuple[int, tuple], torch.cuda.CUDAGraph] = {}
-        self.meta: dict[int, tuple[dict, dict]] = {}
+        #: (padded batch, stage) -> that stage's attention metadata, slot mappings and schedule
+        self.meta: dict[tuple[int, int], tuple[dict, dict, list]] = {}
         self.steps = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
@@ -329,7 +330,6 @@ class DeviceCycle:
         runner = self.runner
         model = runner.get_model()
         tm = model.model
-        lay = runner.spd_layout
         part = self.state.rows(P)
         live = part.live()
         ctrl = self.controller
@@ -349,30 +349,31 @@ class DeviceCycle:
             proposed = torch.where(use, looked, proposed)
             if warp is not None:
                 drafts.mark_deterministic(part, live, use)
+        plan = self.plan.rows(P)
+        plan_stages(part, live, self.block_table[:P], self.block_size, plan)
         # pipeline ranks: what every stage runs this cycle, for the anchors that arrive after it
-        started = {s: part.stage_rows(s, live) for s in range(self.n)} if self.link is not None and ctrl else None
+        started = {s: plan.stage(s) for s in range(self.n)} if self.link is not None and ctrl else None
         caught_here = {}
         for s in reversed(self.here):
-            runs, tok, pos = part.stage_rows(s, live)
-            self._write_metadata(P, runs, pos)
+            runs, tok, pos = plan.stage(s)
             if s == 0:
                 hidden, residual = tm.embed_input_ids(tok), None
-            else:
-                hidden, residual = self.hidden[s, :P], self.residual[s, :P]
-            first, last = lay.ranges[s]
+            else:   # copies: the first layer's norm works in place (vLLM's CUDA kernel), and a
+                # row that sits the cycle out keeps its token's hidden state at this depth
+                hidden, residual = self.hidden[s, :P].clone(), self.residual[s, :P].clone()
             if drafts is not None:
                 capture = {k for _, k in drafts.stage_anchors[s]}
             else:   # a pipeline rank sends the controller the anchors of its stage (none from the controller)
                 capture = set(runner._spd_stage_anchor_ids(s)) if not ctrl else set()
-            hidden, residual, caught = self._run_layers(tm, first, last, P, hidden, residual, capture)
+            hidden, residual, caught = self._run_layers(tm, s, P, hidden, residual, capture)
             if drafts is not None:
                 drafts.stage_done(s, caught, pos, runs)
             caught_here = caught
             # A row that sits out the cycle (stopped, or out of this step's budget) keeps
             # its in-flight hidden states for the next step.
             keep = live[:, None]
-            self.hidden[s + 1, :P].copy_(torch.where(keep, hidden, self.hidden[s + 1, :P]))
-            self.residual[s + 1, :P].copy_(torch.where(keep, residual, self.residual[s + 1, :P]))
+            torch.where(keep, hidden, self.hidden[s + 1, :P], out=self.hidden[s + 1, :P])
+            torch.where(keep, residual, self.residual[s + 1, :P], out=self.residual[s + 1, :P])
         if ctrl:
             normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
             logits = model.compute_logits(normed)
@@ -466,23 +467,16 @@ class DeviceCycle:
         k = (st.head[:P] + 1 - self.oracle_base[:P]).clamp(0, self.oracle_span - 1)
         return self.oracle[:P].gather(1, k[:, None])[:, 0]
 
-    def _write_metadata(self, P, runs, pos) -> None:
-        st = self.state
-        from vllm_spd.staged import device_slots
-
-        ok = runs & (pos < st.limit[:P]) & (pos >= 0)
-        p = pos.clamp(min=0)
-        self.positions[:P].copy_(p)
-        self.seq_lens[:P].copy_(torch.where(ok, p + 1, torch.ones_like(p)).to(torch.int32))
-        self.slots[:P].copy_(device_slots(self.block_table[:P], pos, ok, self.block_size))
-
-    def _run_layers(self, tm, first, last, P, hidden, residual, capture=()):
-        """Layers ``first..last-1``; anchor k in ``capture`` is ``hidden + residual`` after
-        layer k-1. Returns ``(hidden, residual, {k: anchor})``."""
+    def _run_layers(self, tm, s: int, P: int, hidden, residual, capture=()):
+        """Stage ``s``'s layers on its plan's rows; anchor k in ``capture`` is
+        ``hidden + residual`` after layer k-1. Returns ``(hidden, residual, {k: anchor})``."""
         from vllm.forward_context import set_forward_context
 
-        attn, slots = self._metadata(P)
-        positions = self.positions[:P]
+        attn, slots, schedule = self._metadata(P, s)
+        for plan_schedule in schedule:
+            plan_schedule()
+        positions = self.plan.positions[s, :P]
+        first, last = self.runner.spd_layout.ranges[s]
         caught = {}
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=P, slot_mapping=slots):
             for i in range(first, last):
@@ -491,17 +485,22 @@ class DeviceCycle:
                     caught[i + 1] = hidden + residual
         return hidden, residual, caught
 
-    def _metadata(self, P: int):
-        """Every target layer's attention metadata over the persistent buffers: built once
-        per batch size on a GPU, every stage on CPU (``SliceRunner.device_metadata``)."""
-        if P in self.meta:
-            return self.meta[P]
-        meta = self.runner.spd_slices.device_metadata(
-            self.layer_names, self.query_start_loc[: P + 1], self.seq_lens[:P], self.block_table[:P],
-            self.slots[:P], max_query_len=1, max_seq_len=self.runner.max_model_len)
-        if self.on_gpu:
-            self.meta[P] = meta
-        return meta
+    def _metadata(self, P: int, s: int):
+        """Stage ``s``'s attention metadata over its row of the plan: built once per batch
+        size on a GPU (with FlashAttention 3's schedule planned once per cycle, see
+        ``SliceRunner.device_schedule``), every stage on CPU (``SliceRunner.device_metadata``)."""
+        if (P, s) in self.meta:
+            return self.meta[(P, s)]
+        slices = self.runner.spd_slices
+        first, last = self.runner.spd_layout.ranges[s]
+        attn, slots = slices.device_metadata(
+            [slices.layer_names[i] for i in range(first, last)], self.query_start_loc[: P + 1],
+            self.plan.seq_lens[s, :P], self.block_table[:P], self.plan.slots[s, :P], max_query_len=1,
+            max_seq_len=self.runner.max_model_len)
+        if not self.on_gpu:
+            return attn, slots, []
+        self.meta[(P, s)] = attn, slots, slices.device_schedule(attn) if self.schedule_once else []
+        return self.meta[(P, s)]
 
     # -- graphs and timing --------------------------------------------------------------
     @torch.inference_mode()
@@ -515,18 +514,34 @@ class DeviceCycle:
     @torch.inference_mode()
     def _capture(self, P: int, mode: tuple):
         """One graph of a whole cycle for ``P`` rows. Captured on dead rows (no KV
-        writes, no state change); replays read whatever the state holds then."""
+        writes, no state change); replays read whatever the state holds then. Should
+        FlashAttention's schedule fail to plan or capture inside the cycle, each layer
+        plans its own again and the capture is retried."""
         st = self.state
         saved = st.real.clone()
         st.real.zero_()
-        self._cycle(P, mode)                  # warm-up outside the capture
-        torch.cuda.synchronize()
         if not hasattr(self, "_pool"):
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._cycle(P, mode)
-        torch.cuda.synchronize()
+        try:
+            self._cycle(P, mode)                  # warm-up outside the capture
+            torch.cuda.synchronize()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._cycle(P, mode)
+            torch.cuda.synchronize()
+        except Exception as err:
+            if not self.schedule_once:
+                raise
+            logger.warning("spd: FlashAttention's schedule planned once per stage failed in the cycle's graph "
+                           "(%s); every layer plans its own", err)
+            self.schedule_once = False
+            for attn, _, _ in self.meta.values():
+                for meta in attn.values():
+                    meta.scheduler_metadata = None
+            self.meta.clear()
+            self.graphs.clear()
+            st.real.copy_(saved)
+            return self._capture(P, mode)
         st.real.copy_(saved)
         self.graphs[(P, mode)] = graph
         return graph

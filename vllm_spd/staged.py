@@ -10,6 +10,7 @@ stage token, several for a prefill chunk or the draft module's rows).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,10 @@ def device_slots(block_table: torch.Tensor, pos: torch.Tensor, ok: torch.Tensor,
     col = (p // block_size).clamp(max=block_table.shape[1] - 1)
     blocks = block_table.gather(1, col if col.dim() == 2 else col[:, None]).view_as(p).to(torch.int64)
     return torch.where(ok, blocks * block_size + p % block_size, torch.full_like(p, -1))
+
+
+def _replan(plan, buf: torch.Tensor) -> None:
+    buf.copy_(plan())
 
 
 @dataclass
@@ -154,6 +159,35 @@ class SliceRunner:
             num_reqs=num_reqs, num_actual_tokens=slot_mapping.shape[0], max_query_len=max_query_len,
             max_seq_len=max_seq_len, block_table_tensor=block_table, slot_mapping=slot_mapping, causal=True)
         return self._per_layer(cm, layer_names, fast_build=True)
+
+    def device_schedule(self, attn: dict) -> list:
+        """FlashAttention 3's scheduler metadata for metadata from :meth:`device_metadata`,
+        planned once per call of a returned function rather than inside every layer's
+        launch (each layer of a stage then skips its own planning kernel). It is planned
+        on the device from the sequence lengths then in the buffers, into persistent
+        memory the metadata points at: call each function after the lengths are written
+        and before the layers run, inside the same CUDA graph. Empty for a backend
+        without ahead-of-time scheduling (or with it switched off, as vLLM does for
+        several sliding windows). Uses the builder's own planning call, so the plan is
+        made with the same splits and bounds as the attention launch."""
+        out, done = [], set()
+        for group in self._attention_groups():
+            builder = group.get_metadata_builder()
+            if not getattr(builder, "aot_schedule", False) or not hasattr(builder, "_get_scheduler_metadata"):
+                continue
+            for name in group.layer_names:
+                meta = attn.get(name)
+                if meta is None or id(meta) in done or getattr(meta, "scheduler_metadata", 0) is not None:
+                    continue
+                done.add(id(meta))
+                plan = functools.partial(
+                    builder._get_scheduler_metadata, aot_schedule=True, batch_size=meta.seq_lens.shape[0],
+                    cu_query_lens=meta.query_start_loc, max_query_len=meta.max_query_len, seqlens=meta.seq_lens,
+                    max_seq_len=meta.max_seq_len, causal=meta.causal, max_num_splits=meta.max_num_splits)
+                buf = plan().clone()
+                meta.scheduler_metadata = buf
+                out.append(functools.partial(_replan, plan, buf))
+        return out
 
     def _per_layer(self, cm, layer_names: list[str], fast_build: bool = False):
         """Each layer's attention metadata built from ``cm`` (once per attention group),
