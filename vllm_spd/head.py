@@ -159,9 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "pack":
         report = pack_head(args.in_dir, args.out_dir, args.int8, args.dtype)
-        mb = 1e6
         print(f"{report['head']}: {report['weight_format']}{'' if args.int8 else ' ' + args.dtype}, "
-              f"{report['bytes_before'] / mb:.2f} MB -> {report['bytes_after'] / mb:.2f} MB "
+              f"{report['bytes_before'] / 1e6:.2f} MB -> {report['bytes_after'] / 1e6:.2f} MB "
               f"({report['bytes_after'] / report['bytes_before']:.1%}), "
               f"max abs weight error {report['max_abs_error']:.3g}")
         print(json.dumps(report))
