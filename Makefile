@@ -40,7 +40,7 @@ head: setup
 		--prompts $$work/prompts.jsonl --num 800 --max-tokens 192 --dtype float32 --out $$work/generated.jsonl; \
 	for spec in 2:200 4:600; do \
 		n=$${spec%%:*}; steps=$${spec##*:}; \
-		out=$$($(PY) -c 'import sys; from vllm_spd.checkpoint import default_head_dirs; print(default_head_dirs(sys.argv[1], int(sys.argv[2]))[-1])' $$target $$n); \
+		out=$$($(PY) -c 'import sys; from vllm_spd.checkpoint import cache_head_dir; print(cache_head_dir(sys.argv[1], int(sys.argv[2])))' $$target $$n); \
 		rm -rf $$out; \
 		$(PY) -m vllm_spd.train --target $$target --num-stages $$n --steps $$steps --data $$work/generated.jsonl \
 			--out $$out $(HEAD_TRAIN_ARGS); \

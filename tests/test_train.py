@@ -738,6 +738,15 @@ def test_end_to_end_train_and_resume(target_dir, tmp_path):
     assert start["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-5)
     assert torch.equal(checkpoint.load_tensors(str(out_c))["draft_token_ids"], ids)
     assert checkpoint.read_config(str(out_c)).provenance["init"]["head"] == os.path.abspath(out_a)
+    # --init from out_a packed to int8: the same start, up to int8 rounding.
+    from vllm_spd.head import pack_head
+
+    pack_head(str(out_a), str(tmp_path / "a_int8"), int8=True)
+    _train(init_args[:-1] + [str(tmp_path / "c8"), "--init", str(tmp_path / "a_int8"), "--stop-after", "1"])
+    start8 = next(h for h in map(json.loads, (tmp_path / "c8" / "train_log.jsonl").read_text().splitlines())
+                  if "eval_loss" in h)
+    assert start8["step"] == 0 and start8["eval_loss"] != start["eval_loss"]
+    assert start8["eval_loss"] == pytest.approx(start["eval_loss"], rel=1e-2)
     with pytest.raises(SystemExit, match="draft layers: head 1, --draft-layers 2"):
         _train(common[:5] + ["2"] + common[6:] + ["--out", str(tmp_path / "d"), "--init", str(out_a)])
     with pytest.raises(SystemExit, match="exclude each other"):

@@ -11,6 +11,14 @@ Layout of a head directory::
 
 The tower layers use the target family's own decoder layer (Qwen3 or Llama) with HF
 parameter names, so a head trained with transformers loads into vLLM's layer classes.
+
+Weight formats (``spd.weight_format``): ``"float"`` stores every tensor as saved (float32,
+bfloat16 or float16). ``"int8-rowwise"`` stores each 2-D weight ``W [rows, cols]`` as
+``name`` (int8, ``round(W / scale[:, None])``) plus ``name + ".scale"`` (float32
+``[rows]``, ``scale = max|row| / 127``, 1 for a zero row): a quarter of float32, half of
+bf16, each weight within ``scale / 2``. Norm weights and ``draft_token_ids`` stay as they
+are. :func:`load_tensors` dequantizes to float32, so nothing past it knows the format.
+``python -m vllm_spd.head pack --int8 IN OUT`` packs a head.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ from typing import Any
 
 from vllm_spd import envs
 
-FORMAT_VERSION = 1
+#: Format versions read here: 1 holds float weights only; 2 adds ``weight_format``. A float
+#: head is still written as version 1, so an older vllm_spd reads it, and an int8 one as
+#: version 2, which an older vllm_spd refuses by its version instead of misreading it.
+FORMAT_VERSION = 2
+WEIGHT_FORMATS = {"float": 1, "int8-rowwise": 2}   # weight format -> format version written
+SCALE_SUFFIX = ".scale"
 HEAD_ARCHITECTURE = "SPDDraftHead"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -48,7 +61,9 @@ class HeadConfig:
     layer_overrides: dict[str, Any] = field(default_factory=dict)
     trained: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    #: How model.safetensors stores the 2-D weights: a key of ``WEIGHT_FORMATS``.
+    weight_format: str = "float"
 
     @property
     def num_types(self) -> int:
@@ -57,7 +72,9 @@ class HeadConfig:
 
 def write_config(head_dir: str, cfg: HeadConfig) -> None:
     os.makedirs(head_dir, exist_ok=True)
-    doc = {"architectures": [HEAD_ARCHITECTURE], "model_type": "spd_head", "spd": dataclasses.asdict(cfg)}
+    block = dataclasses.asdict(cfg)
+    block["format_version"] = WEIGHT_FORMATS[cfg.weight_format]
+    doc = {"architectures": [HEAD_ARCHITECTURE], "model_type": "spd_head", "spd": block}
     with open(os.path.join(head_dir, "config.json"), "w") as f:
         json.dump(doc, f, indent=2)
 
@@ -81,8 +98,11 @@ def read_config(head_dir: str) -> HeadConfig:
         cfg = HeadConfig(**{k: v for k, v in block.items() if k in known})
     except TypeError as e:
         raise HeadError(f"spd: {path!r}: incomplete 'spd' block ({e})") from None
-    if cfg.format_version != FORMAT_VERSION:
-        raise HeadError(f"spd: {path!r}: head format {cfg.format_version}, this vllm_spd reads {FORMAT_VERSION}")
+    if not 1 <= cfg.format_version <= FORMAT_VERSION:
+        raise HeadError(f"spd: {path!r}: head format {cfg.format_version}, this vllm_spd reads 1 to {FORMAT_VERSION}")
+    if cfg.weight_format not in WEIGHT_FORMATS:
+        raise HeadError(f"spd: {path!r}: unknown weight_format {cfg.weight_format!r}, "
+                        f"this vllm_spd reads {sorted(WEIGHT_FORMATS)}")
     if not os.path.isfile(os.path.join(head_dir, WEIGHTS_FILE)):
         raise HeadError(f"spd: head {head_dir!r} has no {WEIGHTS_FILE}")
     return cfg
@@ -144,17 +164,42 @@ def how_to_get_head(target: str, num_stages: int, stage_layers: list[int] | None
             f"{default_head_dirs(target, num_stages)}.")
 
 
+#: Heads shipped inside the package: ``heads/<target name>/s<n>/`` (see default_head_dirs).
+SHIPPED_HEADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads")
+
+
+def target_name(target: str) -> str:
+    """The name a target's heads are filed under in the package: the last part of its path
+    or hub id, or the upstream name of a model built by ``offline_models``::
+
+        /x/SmolLM2-135M-Instruct, HuggingFaceTB/SmolLM2-135M-Instruct -> SmolLM2-135M-Instruct
+        ~/.cache/vllm_spd/models/smollm2 (the embedded target)        -> SmolLM2-135M-Instruct
+    """
+    from vllm_spd.offline_models import upstream_name
+
+    return upstream_name(target) or os.path.basename(target.rstrip("/"))
+
+
+def cache_head_dir(target: str, num_stages: int) -> str:
+    """``$VLLM_SPD_CACHE/heads/<target with / -> -->/s<n>``: where ``make head`` writes."""
+    name = target.rstrip("/").replace("/", "--")
+    return os.path.join(envs.cache_dir(), "heads", name, f"s{num_stages}")
+
+
 def default_head_dirs(target: str, num_stages: int) -> list[str]:
     """Where a head is looked for when the config names none, in order.
 
     1. ``<target dir>/spd_head_s<n>`` beside a local target's weights;
-    2. ``$VLLM_SPD_CACHE/heads/<target name>/s<n>`` (default ``~/.cache/vllm_spd``).
+    2. ``$VLLM_SPD_CACHE/heads/<target with / -> -->/s<n>`` (default ``~/.cache/vllm_spd``);
+    3. ``vllm_spd/heads/<target name>/s<n>`` inside the installed package (see
+       :func:`target_name`), for heads shipped with vllm_spd. Last, so a user's own head
+       wins. pyproject.toml's package-data takes its ``*.json`` and ``*.safetensors``.
     """
     dirs = []
     if os.path.isdir(target):
         dirs.append(os.path.join(target, f"spd_head_s{num_stages}"))
-    name = target.rstrip("/").replace("/", "--")
-    dirs.append(os.path.join(envs.cache_dir(), "heads", name, f"s{num_stages}"))
+    dirs.append(cache_head_dir(target, num_stages))
+    dirs.append(os.path.join(SHIPPED_HEADS_DIR, target_name(target), f"s{num_stages}"))
     return dirs
 
 
@@ -165,13 +210,74 @@ def find_default_head(target: str, num_stages: int) -> str | None:
     return None
 
 
+def quantize_int8(weight) -> tuple:
+    """``(q, scale)``: symmetric int8 per output row, ``weight ~ q * scale[:, None]``.
+
+    Row ``[0.5, -1.27, 0.0]``: scale ``1.27 / 127 = 0.01``, q ``[50, -127, 0]``.
+    """
+    import torch
+
+    w = weight.float()
+    scale = w.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def store_tensors(tensors: dict, weight_format: str) -> dict:
+    """The tensors as ``model.safetensors`` holds them in ``weight_format``."""
+    if weight_format == "float":
+        return dict(tensors)
+    out = {}
+    for name, value in tensors.items():
+        if value.dim() == 2 and value.is_floating_point():
+            out[name], out[name + SCALE_SUFFIX] = quantize_int8(value)
+        else:
+            out[name] = value
+    return out
+
+
+def dequantize(stored: dict, head_dir: str) -> dict:
+    """Float32 weights from stored ones: each int8 tensor times its per-row scale; the
+    other tensors as they are. Raises HeadError for an int8 tensor without a fitting scale."""
+    import torch
+
+    out, problems = {}, []
+    for name, value in stored.items():
+        if name.endswith(SCALE_SUFFIX):
+            base = stored.get(name[:-len(SCALE_SUFFIX)])
+            if base is None or base.dtype != torch.int8:
+                problems.append(f"{name} is not beside an int8 tensor {name[:-len(SCALE_SUFFIX)]}")
+            continue
+        if value.dtype != torch.int8:
+            out[name] = value
+            continue
+        scale = stored.get(name + SCALE_SUFFIX)
+        if value.dim() != 2:
+            problems.append(f"int8 tensor {name} has shape {tuple(value.shape)}; only 2-D weights are int8")
+        elif scale is None:
+            problems.append(f"int8 tensor {name} has no {name + SCALE_SUFFIX}")
+        elif tuple(scale.shape) != (value.shape[0],) or not scale.is_floating_point():
+            problems.append(f"{name + SCALE_SUFFIX} is {scale.dtype} {tuple(scale.shape)}, "
+                            f"expected float [{value.shape[0]}] (one scale per row of {name})")
+        else:
+            out[name] = value.float() * scale.float()[:, None]
+    if problems:
+        raise HeadError(f"spd: head {head_dir!r}: malformed int8 weights: " + "; ".join(problems))
+    return out
+
+
 def load_tensors(head_dir: str) -> dict:
+    """The head's tensors with int8 weights dequantized to float32 (float ones as stored):
+    the one place where every loader (the engine, ``--init``, ``pack``) reads a head."""
     from safetensors.torch import load_file
 
+    path = os.path.join(head_dir, WEIGHTS_FILE)
     try:
-        return load_file(os.path.join(head_dir, WEIGHTS_FILE))
+        stored = load_file(path)
     except Exception as e:  # safetensors raises several types for a bad file
-        raise HeadError(f"spd: head weights {os.path.join(head_dir, WEIGHTS_FILE)!r} are unreadable: {e}") from None
+        raise HeadError(f"spd: head weights {path!r} are unreadable: {e}") from None
+    return dequantize(stored, head_dir)
 
 
 def check_tensors(cfg: HeadConfig, tensors: dict, head_dir: str) -> None:
@@ -198,9 +304,11 @@ def check_tensors(cfg: HeadConfig, tensors: dict, head_dir: str) -> None:
 
 
 def save_head(head_dir: str, cfg: HeadConfig, tensors: dict) -> None:
+    """Write a head: float ``tensors``, stored in ``cfg.weight_format``."""
     from safetensors.torch import save_file
 
     check_tensors(cfg, tensors, head_dir)
     os.makedirs(head_dir, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(head_dir, WEIGHTS_FILE))
+    stored = store_tensors(tensors, cfg.weight_format)
+    save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(head_dir, WEIGHTS_FILE))
     write_config(head_dir, cfg)

@@ -1,14 +1,21 @@
-"""Create draft heads: ``python -m vllm_spd.head init --target DIR --num-stages N --out DIR``.
+"""Create and pack draft heads.
 
-A randomly initialised head lets anyone run SPD end to end before training one (its
-drafts are mostly wrong, so it shows correctness, not speed). The tower layers are the
-target family's own HF decoder layers, which is also what the trainer optimises.
+``python -m vllm_spd.head init --target DIR --num-stages N --out DIR``: a randomly
+initialised head lets anyone run SPD end to end before training one (its drafts are
+mostly wrong, so it shows correctness, not speed). The tower layers are the target
+family's own HF decoder layers, which is also what the trainer optimises.
+
+``python -m vllm_spd.head pack --int8 IN_DIR OUT_DIR`` (or ``--dtype bfloat16``): a copy
+of a head with smaller weights, e.g. to ship it (``checkpoint``'s weight formats): int8
+with per-row scales is a quarter of float32. It prints both sizes and the largest
+weight change.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import glob
 import importlib
 import json
@@ -100,6 +107,35 @@ def init_head(target_dir: str, num_stages: int, out_dir: str, num_draft_layers: 
     return cfg
 
 
+PACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pack_head(in_dir: str, out_dir: str, int8: bool = False, dtype: str | None = None) -> dict:
+    """Write ``in_dir``'s head to ``out_dir`` with int8 weights (``int8``) or float weights
+    of ``dtype``; config and provenance are kept, with a ``packed`` entry added. Returns
+    the weight files' sizes and the largest absolute change of a weight."""
+    if os.path.abspath(in_dir) == os.path.abspath(out_dir):
+        raise checkpoint.HeadError(f"spd: pack writes a copy: {out_dir!r} is the head itself")
+    cfg = checkpoint.read_config(in_dir)
+    original = checkpoint.load_tensors(in_dir)
+    checkpoint.check_tensors(cfg, original, in_dir)
+    tensors = original
+    if dtype is not None:
+        tensors = {k: v.to(PACK_DTYPES[dtype]) if v.is_floating_point() else v for k, v in original.items()}
+    weight_format = "int8-rowwise" if int8 else "float"
+    packed = {"from": os.path.abspath(in_dir), "weight_format": weight_format, "dtype": dtype,
+              "from_weight_format": cfg.weight_format}
+    out_cfg = dataclasses.replace(cfg, weight_format=weight_format,
+                                  provenance={**cfg.provenance, "packed": packed})
+    checkpoint.save_head(out_dir, out_cfg, tensors)
+    back = checkpoint.load_tensors(out_dir)
+    max_error = max((float((back[k].double() - v.double()).abs().max()) for k, v in original.items()
+                     if v.numel()), default=0.0)
+    before, after = (os.path.getsize(os.path.join(d, checkpoint.WEIGHTS_FILE)) for d in (in_dir, out_dir))
+    return {"head": os.path.abspath(out_dir), "weight_format": weight_format, "dtype": dtype,
+            "bytes_before": before, "bytes_after": after, "max_abs_error": max_error}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vllm_spd.head", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,7 +150,21 @@ def main(argv: list[str] | None = None) -> None:
     ini.add_argument("--draft-vocab-size", type=int, default=None,
                      help="draft vocabulary = token ids 0..K-1 (default: the full vocabulary)")
     ini.add_argument("--seed", type=int, default=0)
+    pack = sub.add_parser("pack", help="write a copy of a head with smaller weights")
+    pack.add_argument("in_dir", metavar="IN_DIR")
+    pack.add_argument("out_dir", metavar="OUT_DIR")
+    how = pack.add_mutually_exclusive_group(required=True)
+    how.add_argument("--int8", action="store_true", help="int8 weights with one float32 scale per row")
+    how.add_argument("--dtype", choices=list(PACK_DTYPES), help="float weights of this dtype")
     args = p.parse_args(argv)
+    if args.cmd == "pack":
+        report = pack_head(args.in_dir, args.out_dir, args.int8, args.dtype)
+        print(f"{report['head']}: {report['weight_format']}{'' if args.int8 else ' ' + args.dtype}, "
+              f"{report['bytes_before'] / 1e6:.2f} MB -> {report['bytes_after'] / 1e6:.2f} MB "
+              f"({report['bytes_after'] / report['bytes_before']:.1%}), "
+              f"max abs weight error {report['max_abs_error']:.3g}")
+        print(json.dumps(report))
+        return
     ids = list(range(args.draft_vocab_size)) if args.draft_vocab_size else None
     cfg = init_head(args.target, args.num_stages, args.out, args.draft_layers, draft_token_ids=ids,
                     anchors=args.anchors, stage_layers=args.stage_layers, seed=args.seed)

@@ -284,6 +284,18 @@ def smollm2() -> str:
 
 
 BUILDERS = {"tiny-qwen3": tiny_qwen3, "qwen3-real-vocab": qwen3_real_vocab, "smollm2": smollm2}
+#: The released models that embedded ones are built from (the random ones have none).
+UPSTREAM_NAMES = {"smollm2": "SmolLM2-135M-Instruct"}
+
+
+def upstream_name(model_dir: str) -> str | None:
+    """The released model's name for a directory built here (``cache_root()/smollm2`` ->
+    ``SmolLM2-135M-Instruct``), None for any other path: heads shipped for the released
+    model then serve the embedded one too."""
+    path = Path(model_dir)
+    if path.parent.resolve() != cache_root().resolve():
+        return None
+    return UPSTREAM_NAMES.get(path.name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -451,6 +451,12 @@ class Trainer:
 
     # -- one micro-batch ------------------------------------------------------------------
     def batch_loss(self, examples, fill: int, rep_depths: dict[int, int], model=None):
+        logits, t_logits, t_argmax, mask = self.batch_logits(examples, fill, rep_depths, model)
+        return distill_loss(logits, t_logits, t_argmax, mask, self.t2d, self.args.temperature)
+
+    def batch_logits(self, examples, fill: int, rep_depths: dict[int, int], model=None):
+        """``(draft logits, teacher draft-vocabulary logits, teacher argmax, trained-token
+        mask)`` of one micro-batch at pipeline ``fill``."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, valid, lmask = data_mod.collate(
             examples, pad, attention_mod.padded_length if self.attention == "flex" else None)
@@ -470,7 +476,7 @@ class Trainer:
         pos = mask_mod.position_ids(valid)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             logits = (model or self.model)(feats, pos, attn, self.block_types, self.decode_type)
-        return distill_loss(logits, t_logits, t_argmax, lmask & valid, self.t2d, self.args.temperature)
+        return logits, t_logits, t_argmax, lmask & valid
 
     def batch_for_step(self, step: int):
         epoch, i = divmod(step, self.steps_per_epoch)
