@@ -192,3 +192,38 @@ def test_rows_short_of_token_budget_pause_and_resume(tiny_qwen3, recorded, place
     gc.collect()
     assert steps
     assert_identical(reference, out)
+
+
+def test_rows_short_of_token_budget_survive_an_in_place_norm(tiny_qwen3, recorded, monkeypatch):
+    """The same pause and resume in one worker, with the decoder layers' residual RMSNorm
+    working in place on its inputs, as vLLM's CUDA kernel does (on CPU it returns new
+    tensors): a stage must not hand its carried input buffers to the layers, or the
+    hidden state of a row that sits the cycle out is overwritten."""
+    from vllm import LLM, SamplingParams
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    native = RMSNorm.forward_native
+
+    def in_place(self, x, residual=None):
+        out = native(self, x, residual)
+        if residual is None:
+            return out
+        x.copy_(out[0])
+        residual.copy_(out[1])
+        return x, residual
+
+    monkeypatch.setattr(RMSNorm, "forward_native", in_place)
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 4, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
+            "cycles_per_step": 8, "stage_placement": "single_worker", "verdict_lag": 0}
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec, max_num_batched_tokens=36, enable_chunked_prefill=True,
+              disable_log_stats=False)
+    out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+    steps = llm.collective_rpc(_device_steps)[0]
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    assert steps
+    assert_identical(reference, out)
