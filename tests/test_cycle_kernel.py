@@ -108,3 +108,22 @@ def test_kernel_matches_torch_interpreted():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_cycle_kernels_bench_steady_state():
+    """benchmarks/cycle_kernels.py times what it says: every row stays live, every
+    draft is accepted (no flush), every stage runs and writes a KV slot, cycle after cycle."""
+    sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
+    import cycle_kernels
+
+    from vllm_spd.stage_plan import StagePlan
+
+    for n in (2, 4, 8):
+        st = cycle_kernels.steady_state(n, 3, "cpu")
+        plan = StagePlan.allocate(n, 3)
+        table = torch.randint(0, 4096, (3, 128), dtype=torch.int32)
+        for _ in range(40):
+            cycle_kernels.one_cycle(st, table, plan, torch.full((3,), 11), 16)
+            assert bool(plan.runs.all()) and bool((plan.slots >= 0).all())
+        assert st.accepted.tolist() == [40] * 3 and st.epoch.tolist() == [0] * 3 and st.wlen.tolist() == [n] * 3
+    assert cycle_kernels.main(["--dry-run", "--stages", "2", "--batch", "1"]) == 0
