@@ -175,14 +175,19 @@ def test_rows_short_of_token_budget_pause_and_resume(tiny_qwen3, recorded, place
     (one commit per cycle) its row sits out the last cycles of a step while the others
     go on, and picks up next step where it stopped. Its in-flight hidden states must
     survive those cycles, in one worker and on 4 pipeline ranks."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")   # one thread per rank, placed by the OS
+    pause_and_resume(tiny_qwen3, recorded, placement)
+
+
+def pause_and_resume(model, recorded, placement: str) -> None:
+    """Greedy output under a token budget that pauses a row mid-step equals plain's."""
     from vllm import LLM, SamplingParams
 
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")   # one thread per rank, placed by the OS
     path, reference = recorded
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": 4, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
             "cycles_per_step": 8, "stage_placement": placement, "verdict_lag": 0}
-    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
               speculative_config=spec, max_num_batched_tokens=36, enable_chunked_prefill=True,
               disable_log_stats=False)
     out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
@@ -199,7 +204,6 @@ def test_rows_short_of_token_budget_survive_an_in_place_norm(tiny_qwen3, recorde
     working in place on its inputs, as vLLM's CUDA kernel does (on CPU it returns new
     tensors): a stage must not hand its carried input buffers to the layers, or the
     hidden state of a row that sits the cycle out is overwritten."""
-    from vllm import LLM, SamplingParams
     from vllm.model_executor.layers.layernorm import RMSNorm
 
     native = RMSNorm.forward_native
@@ -213,17 +217,4 @@ def test_rows_short_of_token_budget_survive_an_in_place_norm(tiny_qwen3, recorde
         return x, residual
 
     monkeypatch.setattr(RMSNorm, "forward_native", in_place)
-    path, reference = recorded
-    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-    spec = {"method": "spd", "num_stages": 4, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
-            "cycles_per_step": 8, "stage_placement": "single_worker", "verdict_lag": 0}
-    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              speculative_config=spec, max_num_batched_tokens=36, enable_chunked_prefill=True,
-              disable_log_stats=False)
-    out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
-    steps = llm.collective_rpc(_device_steps)[0]
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-    assert steps
-    assert_identical(reference, out)
+    pause_and_resume(tiny_qwen3, recorded, "single_worker")

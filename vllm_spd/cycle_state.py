@@ -32,21 +32,15 @@ state's own tensors (``copy_``), so a captured graph replays on the same memory.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 
 import torch
 
+from vllm_spd.kernels.backend import FusedKernel
+
 I64 = torch.int64
-#: why the fused kernel was given up, if it was (it is then not tried again)
-_FUSED_FAILED: list[str] = []
-
-
-def _fused_ok(tensor: torch.Tensor) -> bool:
-    """Whether ``advance`` takes the fused Triton kernel for state on ``tensor``'s device."""
-    from vllm_spd.kernels import resolve_backend
-
-    return not _FUSED_FAILED and resolve_backend(tensor) == "triton"
+#: the fused commit step; the torch code of ``CycleState.advance`` serves if it fails to build
+_ADVANCE = FusedKernel("cycle bookkeeping")
 
 
 @dataclass
@@ -135,17 +129,11 @@ class CycleState:
 
         On a GPU a tensor ``target`` takes one fused Triton launch
         (``kernels/cycle_triton.py``); this torch code is the CPU path and its reference."""
-        if not callable(target) and _fused_ok(self.tok):
+        if not callable(target) and _ADVANCE.wanted(self.tok):
             from vllm_spd.kernels.cycle_triton import advance_triton
 
-            try:
-                return advance_triton(self, live, draft, target)
-            except Exception as err:   # a kernel that fails to build: the torch path serves
-                if torch.cuda.is_current_stream_capturing():
-                    raise
-                _FUSED_FAILED.append(repr(err))
-                logging.getLogger("vllm_spd").warning(
-                    "spd: the fused cycle kernel failed (%s); cycle bookkeeping runs as torch ops", err)
+            if _ADVANCE.run(lambda: advance_triton(self, live, draft, target)):
+                return
         n = self.num_stages
         W = n + 1
         ar = torch.arange(W, device=self.tok.device)

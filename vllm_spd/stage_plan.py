@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from vllm_spd.cycle_state import CycleState
+from vllm_spd.kernels.backend import FusedKernel
 
-#: why the fused kernel was given up, if it was (it is then not tried again)
-_FUSED_FAILED: list[str] = []
+_PLAN = FusedKernel("stage plan")
 
 
 @dataclass
@@ -57,21 +57,11 @@ def plan_stages(st: CycleState, live: torch.Tensor, block_table: torch.Tensor, b
     """Fill ``out`` (``[n, B]`` for the ``B`` rows of ``st``) for the cycle about to run.
     ``block_table [B, blocks]`` int32. One fused launch for CUDA state, the torch
     reference otherwise."""
-    from vllm_spd.kernels import resolve_backend
-
-    if not _FUSED_FAILED and resolve_backend(st.tok) == "triton":
+    if _PLAN.wanted(st.tok):
         from vllm_spd.kernels.stage_plan_triton import plan_stages_triton
 
-        try:
-            return plan_stages_triton(st, live, block_table, block_size, out)
-        except Exception as err:   # a kernel that fails to build: the torch path serves
-            if torch.cuda.is_current_stream_capturing():
-                raise
-            import logging
-
-            _FUSED_FAILED.append(repr(err))
-            logging.getLogger("vllm_spd").warning(
-                "spd: the fused stage-plan kernel failed (%s); it runs as torch ops", err)
+        if _PLAN.run(lambda: plan_stages_triton(st, live, block_table, block_size, out)):
+            return
     plan_stages_reference(st, live, block_table, block_size, out)
 
 

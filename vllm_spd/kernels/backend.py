@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 
 import torch
@@ -41,3 +42,30 @@ def resolve_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
     if choice == "auto":
         return "triton" if tensor.is_cuda and triton_importable() else "torch"
     return choice
+
+
+class FusedKernel:
+    """A fused kernel that falls back to its op's torch reference when it fails to build:
+    then warned once and not tried again in this process."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.failed: str | None = None
+
+    def wanted(self, tensor: torch.Tensor) -> bool:
+        """Whether to launch it for an op on ``tensor`` (see :func:`resolve_backend`)."""
+        return self.failed is None and resolve_backend(tensor) == "triton"
+
+    def run(self, launch) -> bool:
+        """``launch()``; False when the kernel failed (the caller runs the torch path).
+        A failure during CUDA-graph capture is raised: the capture is broken anyway."""
+        try:
+            launch()
+            return True
+        except Exception as err:
+            if torch.cuda.is_current_stream_capturing():
+                raise
+            self.failed = repr(err)
+            logging.getLogger("vllm_spd").warning("spd: the fused %s kernel failed (%s); it runs as torch ops",
+                                                  self.what, err)
+            return False
