@@ -156,7 +156,8 @@ def kernel_breakdown(llm, prompts, tokens: int) -> dict:
                for k, (us, count) in long.items()}
     cats: dict[str, float] = {}
     for name, (us, _) in kernels.items():
-        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + us
+        cat = kernel_category(name)
+        cats[cat] = cats.get(cat, 0.0) + us
     top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:15]
     return {"tokens": tokens, "us_per_token": {k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
             "total_us_per_token": round(sum(cats.values()), 1),
