@@ -218,3 +218,43 @@ def test_rows_short_of_token_budget_survive_an_in_place_norm(tiny_qwen3, recorde
 
     monkeypatch.setattr(RMSNorm, "forward_native", in_place)
     pause_and_resume(tiny_qwen3, recorded, "single_worker")
+
+
+def test_compiled_stage_slices_match_plain(tiny_qwen3, recorded, monkeypatch):
+    """The stage slices compiled, as they are where the cycle's graphs are captured, here
+    through a backend that keeps dynamo's graphs and runs them as traced: greedy output
+    equals plain vLLM's; each stage slice is one graph that calls vLLM's attention op once
+    per layer, with its norms, rotary embedding and activation as native torch ops (which
+    Inductor fuses), not vLLM's kernels or IR op wrappers."""
+    import torch
+    from torch._dynamo.backends.registry import list_backends, register_backend
+    from vllm import SamplingParams
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    if "spd_keep_graphs" not in list_backends(exclude_tags=()):
+        register_backend(compiler_fn=lambda gm, ex: keep_graphs[0](gm, ex), name="spd_keep_graphs")
+    keep_graphs[:] = [keep]
+    monkeypatch.setenv("VLLM_SPD_STAGE_COMPILE", "spd_keep_graphs")
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 3, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.7}
+    outs, _, steps = run(tiny_qwen3, spec, sp)
+    assert steps
+    assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+    layers = {3: 3, 2: 3}   # tiny Qwen3's 8 layers over 3 stages: 3, 3, 2
+    assert graphs
+    for gm in graphs:
+        targets = [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
+        attention = sum("unified_attention_with_output" in t for t in targets)
+        assert attention in layers, targets
+        unfusable = ("vllm_ir", "rms_norm", "silu_and_mul", "rotary_embedding")   # matrix products may stay vLLM's
+        assert not [t for t in targets if any(u in t for u in unfusable)], targets
+    torch._dynamo.reset()
+
+
+keep_graphs: list = []

@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from vllm_spd import envs
 from vllm_spd.cycle_state import CycleState
 from vllm_spd.stage_plan import StagePlan, plan_stages
 
@@ -90,6 +91,9 @@ class DeviceCycle:
         self.plan = StagePlan.allocate(self.n, P, dev)
         #: FlashAttention 3's scheduler metadata planned once per stage and cycle, not per layer
         self.schedule_once = self.on_gpu
+        #: the stage slices compiled by Inductor where the cycle's graphs are captured
+        #: (``capture``), fused as vLLM's own forward; eager elsewhere unless asked for
+        self.compiled = self._compiled_stages(envs.stage_compile(None))
         self.lookup = None
         if cfg.drafter in ("ngram", "hybrid") and self.controller:
             from vllm_spd.device_lookup import DeviceLookup
@@ -479,6 +483,8 @@ class DeviceCycle:
         first, last = self.runner.spd_layout.ranges[s]
         caught = {}
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=P, slot_mapping=slots):
+            if self.compiled is not None:
+                return self.compiled(first, last, positions, hidden, residual, capture)
             for i in range(first, last):
                 hidden, residual = tm.layers[i](positions, hidden, residual)
                 if i + 1 in capture:
@@ -503,13 +509,23 @@ class DeviceCycle:
         return self.meta[(P, s)]
 
     # -- graphs and timing --------------------------------------------------------------
+    def _compiled_stages(self, backend: str | None):
+        if backend is None:
+            return None
+        from vllm_spd.stage_compile import CompiledStages
+
+        return CompiledStages(self.runner.get_model().model.layers, backend)
+
     @torch.inference_mode()
     def capture(self) -> None:
         mode = self.mode()
+        self.compiled = self._compiled_stages(envs.stage_compile("inductor"))
+        t0 = time.perf_counter()
         for P in sorted(self.sizes, reverse=True):
             self._capture(P, mode)
-        logger.info("spd: captured device-cycle CUDA graphs (%s drafts, greedy) for batch sizes %s", mode[0],
-                    self.sizes)
+        logger.info("spd: captured device-cycle CUDA graphs (%s drafts, greedy) for batch sizes %s in %.1f s, "
+                    "stage slices %s", mode[0], self.sizes, time.perf_counter() - t0,
+                    f"compiled ({self.compiled.backend})" if self.compiled is not None else "eager")
 
     @torch.inference_mode()
     def _capture(self, P: int, mode: tuple):
@@ -530,6 +546,13 @@ class DeviceCycle:
                 self._cycle(P, mode)
             torch.cuda.synchronize()
         except Exception as err:
+            if self.compiled is not None:   # the layers as vLLM's CUDA kernels run them, one by one
+                logger.warning("spd: compiling the stage slices failed (%s: %s); they run eagerly, with "
+                               "%s=0 to skip compiling", type(err).__name__, err, envs.STAGE_COMPILE_VAR)
+                self.compiled = None
+                self.graphs.clear()
+                st.real.copy_(saved)
+                return self._capture(P, mode)
             if not self.schedule_once:
                 raise
             logger.warning("spd: FlashAttention's schedule planned once per stage failed in the cycle's graph "
@@ -581,6 +604,7 @@ class DeviceCycle:
             cycles = sum(self.samples["step_cycles"])
             host = sum(self.samples["launch_us"]) + sum(self.samples["step_host_us"])
             out = {"cycles": cycles, "steps": len(self.samples["step_cycles"]),
+                   "stage_compile": None if self.compiled is None else self.compiled.backend,
                    "host_us_per_cycle": round(host / max(cycles, 1), 2),
                    "launch_us_per_cycle": round(statistics.median(self.samples["launch_us"]), 2),
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),

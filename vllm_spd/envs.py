@@ -16,6 +16,10 @@ DRAFT_GRAPHS_VAR = "VLLM_SPD_DRAFT_GRAPHS"
 VERIFY_GRAPHS_VAR = "VLLM_SPD_VERIFY_GRAPHS"
 #: "0" keeps every decode step on the host-driven cycle (no device-resident cycle).
 DEVICE_CYCLE_VAR = "VLLM_SPD_DEVICE_CYCLE"
+#: torch.compile backend of the device cycle's stage slices (``stage_compile.py``): unset,
+#: "inductor" where the cycle's CUDA graphs are captured and none elsewhere; "0" runs them
+#: eagerly; a backend named here is used on CPU too.
+STAGE_COMPILE_VAR = "VLLM_SPD_STAGE_COMPILE"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -60,3 +64,11 @@ def verify_graphs() -> bool:
 
 def device_cycle() -> bool:
     return _on(DEVICE_CYCLE_VAR)
+
+
+def stage_compile(default: str | None) -> str | None:
+    """The stage slices' torch.compile backend, ``default`` when unset, None when off."""
+    value = os.environ.get(STAGE_COMPILE_VAR, "").strip()
+    if not value:
+        return default
+    return None if value.lower() in ("0", "false", "no", "off") else value
