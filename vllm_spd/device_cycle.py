@@ -22,7 +22,8 @@ them, and reads the committed ring once at the end. A cycle is a fixed-shape pro
   draws too.
 
 On a GPU one CUDA graph per padded batch size (and drafting/sampling mode) holds a whole
-cycle, captured after vLLM's graphs; on CPU the same program runs eagerly (metadata
+cycle, captured after vLLM's graphs, with each stage's slice of layers compiled by
+Inductor (``stage_compile.py``); on CPU the same program runs eagerly (metadata
 rebuilt by the CPU backend's builder every stage), which is what the CPU tests check
 against plain vLLM.
 
