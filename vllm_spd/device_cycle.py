@@ -16,10 +16,11 @@ them, and reads the committed ring once at the end. A cycle is a fixed-shape pro
 - the completing tokens' final rows go through the LM head; the argmax (stop ids
   masked until ``min_tokens``) verifies the drafts; :meth:`CycleState.advance` does the
   rest;
-- the draft module (``device_draft.py``) drafts from the anchors before the stages run,
-  greedily or, for sampled requests, by sampling with draws keyed on (seed, position)
-  (``keyed_random.py``); sampled requests are verified by rejection sampling with keyed
-  draws too.
+- the drafter (``device_drafters.py``: the oracle, prompt lookup, the draft module or
+  their hybrid) proposes before the stages run; the draft module (``device_draft.py``)
+  drafts from the anchors, greedily or, for sampled requests, by sampling with draws
+  keyed on (seed, position) (``keyed_random.py``); sampled requests are verified by
+  rejection sampling with keyed draws too.
 
 On a GPU one CUDA graph per padded batch size (and drafting/sampling mode) holds a whole
 cycle, captured after vLLM's graphs, with each stage's slice of layers compiled by
@@ -79,11 +80,6 @@ class DeviceCycle:
         #: [depth, row, H]: the hidden state (and residual) of each row's token of that depth
         self.hidden = torch.zeros(self.n + 1, P, H, dtype=runner.spd_dtype, device=dev)
         self.residual = torch.zeros_like(self.hidden)
-        #: the oracle's proposals for positions ``oracle_base + k``: a flush moves the head
-        #: back by up to n - 1, then drafts go at most one position further per cycle
-        self.oracle_span = self.cycles_per_step + self.n
-        self.oracle = torch.zeros(P, self.oracle_span, dtype=torch.int64, device=dev)
-        self.oracle_base = torch.zeros(P, dtype=torch.int64, device=dev)
         blocks = runner.input_batch.block_table[0].get_cpu_tensor().shape[1]
         self.block_size = runner.cache_config.block_size
         self.block_table = torch.zeros(P, blocks, dtype=torch.int32, device=dev)
@@ -95,11 +91,7 @@ class DeviceCycle:
         #: the stage slices compiled by Inductor where the cycle's graphs are captured
         #: (``capture``), fused as vLLM's own forward; eager elsewhere unless asked for
         self.compiled = self._compiled_stages(envs.stage_compile(None))
-        self.lookup = None
-        if cfg.drafter in ("ngram", "hybrid") and self.controller:
-            from vllm_spd.device_lookup import DeviceLookup
-
-            self.lookup = DeviceLookup(P, runner.max_model_len, dev)
+        #: the draft module's anchor rings, where it is loaded (the controller)
         self.drafts = None
         if runner.spd_pdm is not None:
             from vllm_spd.device_draft import DeviceDrafts
@@ -113,6 +105,12 @@ class DeviceCycle:
         self.seed = torch.zeros(P, dtype=torch.int64, device=dev)
         #: pipeline ranks: each cycle's (draft, resolved target) per row, from the controller
         self.verdict = torch.zeros(P, 2, dtype=torch.int64, device=dev)
+        #: the controller's drafter for each ``drafting`` (``device_drafters.py``)
+        self.drafters = {}
+        if self.controller:
+            from vllm_spd.device_drafters import make_device_drafters
+
+            self.drafters = make_device_drafters(self)
         #: (padded batch, mode) -> the graph of one cycle
         self.graphs: dict[tuple[int, tuple], torch.cuda.CUDAGraph] = {}
         #: (padded batch, stage) -> that stage's attention metadata, slot mappings and schedule
@@ -180,7 +178,7 @@ class DeviceCycle:
         t0 = time.perf_counter()
         if self.link is not None:
             self.link.wait_sends()   # prefill's rows, sent before this step
-        cycles = self._load(work, reqs, P)
+        cycles = self._load(work, reqs, P, self.drafters.get(mode[0]))
         host = time.perf_counter() - t0
         timed = self.timing and graph is not None
         for _ in range(cycles):
@@ -224,7 +222,7 @@ class DeviceCycle:
             self.samples["step_cycles"].append(cycles)
         return committed
 
-    def _load(self, work, reqs, P) -> int:
+    def _load(self, work, reqs, P, drafter) -> int:
         """The batch's windows, gates, step limits and carried hidden states into the
         state; returns how many cycles to launch."""
         runner = self.runner
@@ -232,7 +230,6 @@ class DeviceCycle:
         S, M = st.stop_ids.shape[1], st.mask_ids.shape[1]
         rows = []
         hid, res, at = [], [], []
-        proposals, bases = [], []
         anchor_rows, q_rows, pending, sampling = [], [], [], []
         need = 0
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
@@ -269,12 +266,8 @@ class DeviceCycle:
                 raise RuntimeError(f"spd: request {req_id}'s pending draft row {req.pending} is not just before "
                                    f"its window ({win[-1].pos})")
             pending.append(int(req.pending is not None))
-            if runner.spd_cfg.drafter == "oracle" and self.controller:
-                prompt = state.prompt_token_ids
-                oracle = runner.spd_drafter.proposer
-                base = win[0].pos + 1 - self.n
-                proposals.append(oracle.proposals(prompt, base, self.oracle_span))
-                bases.append(base)
+            if drafter is not None:
+                drafter.load_row(b, req, state)
         dev = self.hidden.device
         B = len(reqs)
         host = torch.tensor(rows, dtype=torch.int64)
@@ -307,14 +300,8 @@ class DeviceCycle:
         table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
         self.block_table[:B].copy_(table, non_blocking=True)
         self.block_table[B:P].zero_()
-        if self.lookup is not None:
-            width = max(int(runner.input_batch.num_tokens_no_spec[idx]) for idx, _, _ in work)
-            idxs = [idx for idx, _, _ in work]
-            self.lookup.load(B, torch.from_numpy(runner.input_batch.token_ids_cpu[idxs, :width]))
-            self.lookup.record(st.rows(B))
-        if proposals:   # the oracle's proposal for every position a draft can take this step
-            self.oracle[:B].copy_(torch.tensor(proposals), non_blocking=True)
-            self.oracle_base[:B].copy_(torch.tensor(bases), non_blocking=True)
+        if drafter is not None:
+            drafter.load_done(B, work)
         # Cycles to launch: every row's commits this step, plus the n cycles its first
         # commit may take; a row short of its budget after rejections goes on next step.
         return min(self.cycles_per_step, need + self.n) if need > 0 else 0
@@ -340,20 +327,11 @@ class DeviceCycle:
         ctrl = self.controller
         drafting, sampled = mode[0], len(mode) > 1
         warp = self._warp(P, mode) if sampled and ctrl else None
-        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None   # the controller's
-        cfg = runner.spd_cfg
-        if drafts is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
-            proposed = drafts.draft(part, live, self.block_table, self.block_size,
-                                    None if warp is None else (warp, self.seed[:P]))
-        if ctrl and drafting == "ngram":
-            proposed = self.lookup.propose(part, cfg.ngram_max, cfg.ngram_min)
-        elif ctrl and drafting == "hybrid":   # prompt lookup where it matches a long suffix, for cool enough requests
-            looked, found = self.lookup.match(part, cfg.ngram_max, cfg.hybrid_min_match)
-            allowed = self.temperature[:P] <= max(cfg.hybrid_max_temperature, 0.0)
-            use = (found > 0) & allowed
-            proposed = torch.where(use, looked, proposed)
-            if warp is not None:
-                drafts.mark_deterministic(part, live, use)
+        # the draft module's anchor rings, where it runs this cycle (the controller's)
+        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None
+        drafter = self.drafters.get(drafting)
+        if drafter is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
+            draft = drafter.propose(part, live, warp)
         plan = self.plan.rows(P)
         plan_stages(part, live, self.block_table[:P], self.block_size, plan)
         # pipeline ranks: what every stage runs this cycle, for the anchors that arrive after it
@@ -383,8 +361,7 @@ class DeviceCycle:
             normed, _ = tm.norm(self.hidden[self.n, :P], self.residual[self.n, :P])
             logits = model.compute_logits(normed)
             part.mask_min_tokens(logits)
-            target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafting)
-            draft = self._oracle_draft(P) if drafting.startswith("oracle") else proposed
+            target = logits.argmax(dim=-1) if warp is None else self._sampled_target(P, logits, warp, drafter)
             if self.link is not None and callable(target):   # the other ranks take the resolved tokens
                 judge = target
 
@@ -398,8 +375,7 @@ class DeviceCycle:
                     self.verdict[:P, 1] = target
             if drafts is not None:
                 drafts.entered(part, live, runner._spd_embed)
-            if self.lookup is not None:
-                self.lookup.record(part)
+            drafter.committed(part, live)
         if self.link is not None:
             self._hop(P, live, started, caught_here)
 
@@ -438,7 +414,7 @@ class DeviceCycle:
                     top_p=self.top_p[:P] if "top_p" in mode else None,
                     min_p=self.min_p[:P] if "min_p" in mode else None)
 
-    def _sampled_target(self, P: int, logits, warp: dict, drafting: str):
+    def _sampled_target(self, P: int, logits, warp: dict, drafter):
         """The verdict function for a batch with sampled rows (see ``CycleState.advance``):
         rejection sampling of each candidate against the target's warped distribution,
         the draws keyed on (seed, the candidate's position); greedy rows take the argmax."""
@@ -458,19 +434,13 @@ class DeviceCycle:
             ok = has & (p_x > 0) & (u <= p_x)
             residual = torch.where(has[:, None], p.scatter(1, x, 0.0), p)
             tok = torch.where(ok, cand, verify.sample_from_probs(residual, noise=noise))
-            if drafting in ("head", "hybrid"):   # the draft module's sampled proposal q of that position
-                q = self.drafts.q_of(pos) * has[:, None]
-                _, sampled = verify.verify_sampled(p, cand, q, self.drafts.pdm.draft_token_ids, uniform=u,
-                                                   noise=noise)
-                tok = torch.where(self.drafts.deterministic_at(pos), tok, sampled) if drafting == "hybrid" \
-                    else sampled
+            q, deterministic = drafter.proposal(pos)
+            if q is not None:   # the draft module's sampled proposal q of that position
+                _, sampled = verify.verify_sampled(p, cand, q * has[:, None], self.drafts.pdm.draft_token_ids,
+                                                   uniform=u, noise=noise)
+                tok = sampled if deterministic is None else torch.where(deterministic, tok, sampled)
             return torch.where(verify.greedy_mask(warp["temperature"]), logits.argmax(dim=-1), tok)
         return target
-
-    def _oracle_draft(self, P: int) -> torch.Tensor:
-        st = self.state
-        k = (st.head[:P] + 1 - self.oracle_base[:P]).clamp(0, self.oracle_span - 1)
-        return self.oracle[:P].gather(1, k[:, None])[:, 0]
 
     def _run_layers(self, tm, s: int, P: int, hidden, residual, capture=()):
         """Stage ``s``'s layers on its plan's rows; anchor k in ``capture`` is
