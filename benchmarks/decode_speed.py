@@ -400,7 +400,9 @@ def _label(r) -> str:
     d = r["drafter"]
     if r["system"] == "spd1":
         pdm = " + PDM run" if r["drafter"] == "oracle+pdm_priced" else ""
-        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}{pdm}"
+        timing = r.get("device_cycle_timing") or {}
+        eager = " (eager stages)" if "stage_compile" in timing and timing["stage_compile"] is None else ""
+        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}{pdm}{eager}"
     spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
         return f"{spd} oracle alpha={r['alpha']}" + (", eager verify" if r.get("verify") == "eager" else "")
@@ -470,6 +472,9 @@ def main(argv=None) -> None:
                     help="spd1: alphas at which the host-driven cycle is measured too")
     ap.add_argument("--one-gpu-pdm-alphas", type=float, nargs="*", default=[0.8],
                     help="spd1: alphas at which a random draft module also runs every cycle (unused)")
+    ap.add_argument("--one-gpu-stage-compile", nargs="*", default=[""], metavar="BACKEND",
+                    help="spd1: one engine per value, with VLLM_SPD_STAGE_COMPILE set to it (e.g. 'inductor 0': "
+                         "the stage slices compiled, then eager); default: the engine's own choice")
     ap.add_argument("--cycles-per-step", type=int, default=64, help="SPD's cycles_per_step (0: its default)")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)
@@ -503,9 +508,12 @@ def main(argv=None) -> None:
     rows = _earlier_rows(a) if a.append else []
     runs = [(system, []) for system in a.systems if system != "spd1"]
     if "spd1" in a.systems:
-        runs += [("spd1", ["--num-stages", str(n)]) for n in (a.one_gpu_stages or [a.num_stages])]
-    for system, extra in runs:
+        runs += [("spd1", ["--num-stages", str(n)], compile_as) for n in (a.one_gpu_stages or [a.num_stages])
+                 for compile_as in (a.one_gpu_stage_compile or [""])]
+    for system, extra, *compile_as in runs:
         env = dict(os.environ)
+        if compile_as and compile_as[0]:
+            env["VLLM_SPD_STAGE_COMPILE"] = compile_as[0]
         if system in ("tp1", "spd1"):
             visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
             env["CUDA_VISIBLE_DEVICES"] = visible

@@ -107,3 +107,15 @@ def test_kernel_categories():
         "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<long>>": "other",
     }
     assert {name: decode_speed.kernel_category(name) for name in cases} == cases
+
+
+def test_one_gpu_rows_name_eager_stage_slices():
+    """A one-worker row whose stage slices ran eagerly says so; a compiled one does not."""
+    import decode_speed
+
+    row = {"system": "spd1", "num_gpus": 1, "num_stages": 4, "cycle": "device", "alpha": 1.0, "drafter": "oracle"}
+    assert decode_speed._label(row) == "SPD n=4 1 GPU device cycle alpha=1.0"
+    compiled = dict(row, device_cycle_timing={"stage_compile": "inductor"})
+    eager = dict(row, device_cycle_timing={"stage_compile": None})
+    assert decode_speed._label(compiled) == "SPD n=4 1 GPU device cycle alpha=1.0"
+    assert decode_speed._label(eager) == "SPD n=4 1 GPU device cycle alpha=1.0 (eager stages)"
