@@ -118,7 +118,8 @@ class DeviceCycle:
         self.steps = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
-        self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_cycles": []}
+        self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_load_us": [],
+                                                "step_cycles": []}
         if self.link is not None:
             logger.info("spd: the device cycle runs stage %d of %d on this rank (%s), eagerly", self.link.stage,
                         self.n, "the controller" if self.controller else "rows to the next stage")
@@ -219,6 +220,7 @@ class DeviceCycle:
         self.steps += 1
         if timed:
             self.samples["step_host_us"].append(1e6 * (host + time.perf_counter() - t0))
+            self.samples["step_load_us"].append(1e6 * host)
             self.samples["step_cycles"].append(cycles)
         return committed
 
@@ -491,6 +493,10 @@ class DeviceCycle:
     def capture(self) -> None:
         mode = self.mode()
         self.compiled = self._compiled_stages(envs.stage_compile("inductor"))
+        if self.compiled is not None:
+            logger.info("spd: compiling the device cycle's stage slices (%s) before capturing its CUDA graphs; "
+                        "this can take minutes (%s=0 runs them eagerly)", self.compiled.backend,
+                        envs.STAGE_COMPILE_VAR)
         t0 = time.perf_counter()
         for P in sorted(self.sizes, reverse=True):
             self._capture(P, mode)
@@ -557,7 +563,8 @@ class DeviceCycle:
         time per cycle (CUDA events around each launch) and its idle time between
         consecutive cycles of a step (from one cycle's end event to the next one's start)
         and between the last cycle of a step and the first of the next (the engine step's
-        own turn-around: read-back, scheduler, next load)."""
+        own turn-around: read-back, scheduler, next load); ``step_load_us`` is the part of
+        a step's host time spent loading the batch before its first cycle."""
         import statistics
 
         out = {}
@@ -579,13 +586,14 @@ class DeviceCycle:
                    "host_us_per_cycle": round(host / max(cycles, 1), 2),
                    "launch_us_per_cycle": round(statistics.median(self.samples["launch_us"]), 2),
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
+                   "step_load_us": round(statistics.median(self.samples["step_load_us"]), 1),
                    "device_ms_per_cycle": round(statistics.median(dev), 4),
                    "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None,
                    "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None,
                    "idle_us_between_steps": round(statistics.median(step_idle), 1) if step_idle else None}
         self.timing = on
         self._events = []
-        self.samples = {"launch_us": [], "step_host_us": [], "step_cycles": []}
+        self.samples = {"launch_us": [], "step_host_us": [], "step_load_us": [], "step_cycles": []}
         return out
 
 
