@@ -24,3 +24,36 @@ def test_gpu_spd_matches_plain(tiny_qwen3, num_stages, tmp_path):
                                       "model": mirror_head(target, num_stages, str(tmp_path / "mh"))})
     assert_identical(ref, out)
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.6 * counters["vllm:spec_decode_num_draft_tokens"]
+
+
+def _device_cycle_graphs(worker):
+    device = getattr(worker.model_runner, "spd_device", None)
+    if device is None:
+        return None
+    return {"graphs": len(device.graphs), "steps": device.steps,
+            "stage_compile": None if device.compiled is None else device.compiled.backend}
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_gpu_device_cycle_graphs_match_plain(tiny_qwen3, num_stages):
+    """The device cycle as it runs by default on a GPU: captured in CUDA graphs, each
+    stage's layers compiled by Inductor, against plain vLLM compiled and captured too
+    (float32, greedy): token-identical, and the device cycle served the decode steps."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    from test_e2e_greedy import PROMPTS, assert_identical
+
+    sp = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    outs = {}
+    for spec in (None, {"method": "spd", "num_stages": num_stages, "drafter": "ngram"}):
+        llm = LLM(model=tiny_qwen3, dtype="float32", max_model_len=512, seed=0, speculative_config=spec,
+                  gpu_memory_utilization=0.3)
+        outs[spec is None] = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+        cycle = llm.collective_rpc(_device_cycle_graphs)[0] if spec else None
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    assert_identical(outs[True], outs[False])
+    assert cycle["graphs"] > 0 and cycle["steps"] > 0 and cycle["stage_compile"] == "inductor", cycle
