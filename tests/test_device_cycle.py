@@ -227,8 +227,57 @@ def test_compiled_stage_slices_match_plain(tiny_qwen3, recorded, monkeypatch):
     per layer, with its norms, rotary embedding and activation as native torch ops (which
     Inductor fuses), not vLLM's kernels or IR op wrappers."""
     import torch
-    from torch._dynamo.backends.registry import list_backends, register_backend
     from vllm import SamplingParams
+
+    graphs = keep_graphs_while(monkeypatch)
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 3, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.7}
+    outs, _, steps = run(tiny_qwen3, spec, sp)
+    assert steps
+    assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+    # tiny Qwen3's 8 layers over 3 stages: 3, 3, 2 (each stage also compiled again at batch 1)
+    counts = [attention_calls(g) for g in graphs]
+    assert set(counts) == {2, 3} and len(counts) >= 3 and counts.count(3) == 2 * counts.count(2), counts
+    torch._dynamo.reset()
+
+
+def test_compiled_draft_module_matches_plain(predictable, tmp_path, monkeypatch):
+    """The draft module's layers compiled too, drafting inside the cycle: exact output,
+    drafts mostly right, and one more graph, the draft module's, with its one layer."""
+    import torch
+    from vllm import SamplingParams
+
+    from spd_models import mirror_head
+
+    graphs = keep_graphs_while(monkeypatch)
+    target, reference = predictable
+    head = mirror_head(target, 2, str(tmp_path / "head"), context=0.05)
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    outs, counters, steps = run(target, {"method": "spd", "num_stages": 2, "model": head}, sp)
+    assert steps
+    assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
+    assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.3 * counters["vllm:spec_decode_num_draft_tokens"]
+    # 2 stages of 3 or more layers each, and the draft module's one layer
+    counts = [attention_calls(g) for g in graphs]
+    assert 1 in counts and len(set(counts) - {1}) in (1, 2) and min(set(counts) - {1}) >= 3, counts
+    torch._dynamo.reset()
+
+
+def attention_calls(gm) -> int:
+    """How many attention layers a kept graph runs; and none of its norms, rotary
+    embedding or activation left as vLLM's kernels or IR op wrappers (matrix products may
+    stay vLLM's), so that Inductor fuses them."""
+    targets = [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
+    unfusable = ("vllm_ir", "rms_norm", "silu_and_mul", "rotary_embedding")
+    assert not [t for t in targets if any(u in t for u in unfusable)], targets
+    return sum("unified_attention_with_output" in t for t in targets)
+
+
+def keep_graphs_while(monkeypatch) -> list:
+    """Compile the device cycle's layers through a backend that keeps dynamo's graphs
+    (returned, filled as they are compiled) and runs them as traced."""
+    from torch._dynamo.backends.registry import list_backends, register_backend
 
     graphs = []
 
@@ -240,21 +289,7 @@ def test_compiled_stage_slices_match_plain(tiny_qwen3, recorded, monkeypatch):
         register_backend(compiler_fn=lambda gm, ex: keep_graphs[0](gm, ex), name="spd_keep_graphs")
     keep_graphs[:] = [keep]
     monkeypatch.setenv("VLLM_SPD_STAGE_COMPILE", "spd_keep_graphs")
-    path, reference = recorded
-    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-    spec = {"method": "spd", "num_stages": 3, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.7}
-    outs, _, steps = run(tiny_qwen3, spec, sp)
-    assert steps
-    assert_identical(reference, [list(o.outputs[0].token_ids) for o in outs])
-    layers = {3: 3, 2: 3}   # tiny Qwen3's 8 layers over 3 stages: 3, 3, 2
-    assert graphs
-    for gm in graphs:
-        targets = [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
-        attention = sum("unified_attention_with_output" in t for t in targets)
-        assert attention in layers, targets
-        unfusable = ("vllm_ir", "rms_norm", "silu_and_mul", "rotary_embedding")   # matrix products may stay vLLM's
-        assert not [t for t in targets if any(u in t for u in unfusable)], targets
-    torch._dynamo.reset()
+    return graphs
 
 
 keep_graphs: list = []

@@ -88,15 +88,17 @@ class DeviceCycle:
         self.plan = StagePlan.allocate(self.n, P, dev)
         #: FlashAttention 3's scheduler metadata planned once per stage and cycle, not per layer
         self.schedule_once = self.on_gpu
-        #: the stage slices compiled by Inductor where the cycle's graphs are captured
-        #: (``capture``), fused as vLLM's own forward; eager elsewhere unless asked for
-        self.compiled = self._compiled_stages(envs.stage_compile(None))
         #: the draft module's anchor rings, where it is loaded (the controller)
         self.drafts = None
         if runner.spd_pdm is not None:
             from vllm_spd.device_draft import DeviceDrafts
 
             self.drafts = DeviceDrafts(runner, P)
+        #: the stage slices (and the draft module's layers) compiled by Inductor where the
+        #: cycle's graphs are captured (``capture``), fused as vLLM's own forward; eager
+        #: elsewhere unless asked for
+        self.compiled = None
+        self._compile(envs.stage_compile(None))
         #: per row: temperature, top_k, top_p, min_p and the key of its random draws
         self.temperature = torch.zeros(P, dtype=torch.float32, device=dev)
         self.top_k = torch.zeros(P, dtype=torch.int64, device=dev)
@@ -482,19 +484,20 @@ class DeviceCycle:
         return self.meta[(P, s)]
 
     # -- graphs and timing --------------------------------------------------------------
-    def _compiled_stages(self, backend: str | None):
-        if backend is None:
-            return None
+    def _compile(self, backend: str | None) -> None:
+        """Compile the stage slices and the draft module's layers with ``backend`` (None: run them eagerly)."""
         from vllm_spd.stage_compile import CompiledStages
 
-        return CompiledStages(self.runner.get_model().model.layers, backend)
+        self.compiled = None if backend is None else CompiledStages(self.runner.get_model().model.layers, backend)
+        if self.drafts is not None:
+            self.drafts.compiled = None if backend is None else CompiledStages(self.drafts.pdm.layers, backend)
 
     @torch.inference_mode()
     def capture(self) -> None:
         mode = self.mode()
-        self.compiled = self._compiled_stages(envs.stage_compile("inductor"))
+        self._compile(envs.stage_compile("inductor"))
         if self.compiled is not None:
-            logger.info("spd: compiling the device cycle's stage slices (%s) before capturing its CUDA graphs; "
+            logger.info("spd: compiling the device cycle's layers (%s) before capturing its CUDA graphs; "
                         "this can take minutes (%s=0 runs them eagerly)", self.compiled.backend,
                         envs.STAGE_COMPILE_VAR)
         t0 = time.perf_counter()
@@ -524,9 +527,9 @@ class DeviceCycle:
             torch.cuda.synchronize()
         except Exception as err:
             if self.compiled is not None:   # the layers as vLLM's CUDA kernels run them, one by one
-                logger.warning("spd: compiling the stage slices failed (%s: %s); they run eagerly, with "
-                               "%s=0 to skip compiling", type(err).__name__, err, envs.STAGE_COMPILE_VAR)
-                self.compiled = None
+                logger.warning("spd: compiling the device cycle's layers failed (%s: %s); they run eagerly, "
+                               "with %s=0 to skip compiling", type(err).__name__, err, envs.STAGE_COMPILE_VAR)
+                self._compile(None)
                 self.graphs.clear()
                 st.real.copy_(saved)
                 return self._capture(P, mode)

@@ -52,6 +52,8 @@ class DeviceDrafts:
         self.proposals = torch.zeros(P * self.ring, self.pdm.draft_token_ids.numel(), dtype=torch.float32, device=dev)
         #: the draft at a position was proposed deterministically (hybrid's prompt lookup): q is one-hot
         self.deterministic = torch.zeros(P * self.ring, dtype=torch.bool, device=dev)
+        #: the module's layers compiled (``stage_compile.CompiledStages``), set by the cycle; None: eager
+        self.compiled = None
 
     # -- the ring ------------------------------------------------------------------------
     def ring_slot(self, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -114,7 +116,10 @@ class DeviceDrafts:
         x = aggregate_anchors(self.anchors, types, self.pdm.packed, slots=ring)
         attn, slots = self._metadata(P, block_table)
         with set_forward_context(attn, self.runner.vllm_config, num_tokens=P * q, slot_mapping=slots):
-            hidden, residual = self.pdm(self.positions[: P * q], x)
+            if self.compiled is not None:
+                hidden, residual, _ = self.compiled(0, len(self.pdm.layers), self.positions[: P * q], x, None)
+            else:
+                hidden, residual = self.pdm(self.positions[: P * q], x)
         last = torch.arange(P, device=dev) * q + (count - 1).clamp(min=0)
         if sampling is None:
             return self.pdm.draft_greedy(hidden[last], residual[last])
