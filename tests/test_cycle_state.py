@@ -122,3 +122,18 @@ def test_min_tokens_mask():
     st.mask_min_tokens(logits)
     assert logits[0].tolist() == [0, 1, 2, float("-inf"), 4, float("-inf"), 6, 7]
     assert logits[1].tolist() == list(map(float, range(8)))
+
+
+def test_load_packed_fills_each_destination():
+    """``device_cycle.load_packed``: every host tensor lands in its destination (rows of a
+    wider buffer, a slice, a whole vector), nothing else is touched."""
+    from vllm_spd.device_cycle import load_packed
+
+    wide = torch.full((4, 3), -7, dtype=torch.int64)
+    vec = torch.full((4,), -7, dtype=torch.int64)
+    tail = torch.full((4,), -7, dtype=torch.int64)
+    load_packed([(wide[:2], torch.tensor([[1, 2, 3], [4, 5, 6]])), (vec, torch.arange(4)),
+                 (tail[3:], torch.tensor([9]))])
+    assert wide.tolist() == [[1, 2, 3], [4, 5, 6], [-7, -7, -7], [-7, -7, -7]]
+    assert vec.tolist() == [0, 1, 2, 3]
+    assert tail.tolist() == [-7, -7, -7, 9]

@@ -275,28 +275,31 @@ class DeviceCycle:
         dev = self.hidden.device
         B = len(reqs)
         host = torch.tensor(rows, dtype=torch.int64)
-        packed = host.to(dev, non_blocking=True)
-        o = 0
+        ints, o = [], 0   # (destination, host values) of every int64 the step loads
         for name, width in (("tok", W), ("depth", W), ("stop_ids", S), ("mask_ids", M)):
-            getattr(st, name)[:B].copy_(packed[:, o:o + width])
+            ints.append((getattr(st, name)[:B], host[:, o:o + width]))
             o += width
         for name in ("head", "wlen", "committed_len", "min_tokens", "max_tokens", "num_output", "stopped",
                      "limit", "budget"):
-            getattr(st, name)[:B].copy_(packed[:, o])
+            ints.append((getattr(st, name)[:B], host[:, o]))
             o += 1
-        st.real.zero_()
-        st.real[:B] = 1
-        for name in ("ring_len", "cycles", "verified", "accepted"):
-            getattr(st, name).zero_()
-        st.stopped[B:P] = 1
-        st.pending[:B].copy_(torch.tensor(pending), non_blocking=True)
+        temp, top_k, top_p, min_p, seed = zip(*sampling)
+        ints += [(st.pending[:B], torch.tensor(pending, dtype=torch.int64)),
+                 (self.top_k[:B], torch.tensor(top_k, dtype=torch.int64)),
+                 (self.seed[:B], torch.tensor(seed, dtype=torch.int64))]
+        real = torch.zeros(st.real.shape[0], dtype=torch.int64)
+        real[:B] = 1
+        ints.append((st.real, real))
+        ints += [(getattr(st, name), torch.zeros(st.real.shape[0], dtype=torch.int64))
+                 for name in ("ring_len", "cycles", "verified", "accepted")]
+        if P > B:   # padding rows: stopped
+            ints.append((st.stopped[B:P], torch.ones(P - B, dtype=torch.int64)))
+        load_packed(ints)
+        load_packed([(self.temperature[:B], torch.tensor(temp, dtype=torch.float32)),
+                     (self.top_p[:B], torch.tensor(top_p, dtype=torch.float32)),
+                     (self.min_p[:B], torch.tensor(min_p, dtype=torch.float32))])
         if self.drafts is not None:
             self.drafts.load_done(anchor_rows, q_rows, st, B, runner._spd_embed)
-        temp, top_k, top_p, min_p, seed = zip(*sampling)
-        for buf, values, dtype in ((self.temperature, temp, torch.float32), (self.top_k, top_k, torch.int64),
-                                   (self.top_p, top_p, torch.float32), (self.min_p, min_p, torch.float32),
-                                   (self.seed, seed, torch.int64)):
-            buf[:B].copy_(torch.tensor(values, dtype=dtype), non_blocking=True)
         if at:
             ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
@@ -598,6 +601,16 @@ class DeviceCycle:
         self._events = []
         self.samples = {"launch_us": [], "step_host_us": [], "step_load_us": [], "step_cycles": []}
         return out
+
+
+def load_packed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Each host tensor of ``pairs`` ``(device destination, host values)`` into its
+    destination, all of them through one host-to-device copy and one multi-tensor copy
+    on the device (destinations of one dtype, each contiguous), not one copy each."""
+    dsts, srcs = zip(*pairs)
+    flat = torch.cat([v.reshape(-1) for v in srcs]).to(dsts[0].device, non_blocking=True)
+    views = [part.view(d.shape) for part, d in zip(flat.split([v.numel() for v in srcs]), dsts)]
+    torch._foreach_copy_(list(dsts), views)
 
 
 def applies(runner) -> bool:
