@@ -279,17 +279,17 @@ def keep_graphs_while(monkeypatch) -> list:
     (returned, filled as they are compiled) and runs them as traced."""
     from torch._dynamo.backends.registry import list_backends, register_backend
 
-    graphs = []
-
-    def keep(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
     if "spd_keep_graphs" not in list_backends(exclude_tags=()):
-        register_backend(compiler_fn=lambda gm, ex: keep_graphs[0](gm, ex), name="spd_keep_graphs")
-    keep_graphs[:] = [keep]
+        register_backend(compiler_fn=_keep_graph, name="spd_keep_graphs")
+    KEPT_GRAPHS.clear()
     monkeypatch.setenv("VLLM_SPD_STAGE_COMPILE", "spd_keep_graphs")
-    return graphs
+    return KEPT_GRAPHS
 
 
-keep_graphs: list = []
+#: the graphs the "spd_keep_graphs" backend compiled since ``keep_graphs_while``
+KEPT_GRAPHS: list = []
+
+
+def _keep_graph(gm, example_inputs):
+    KEPT_GRAPHS.append(gm)
+    return gm.forward

@@ -55,6 +55,9 @@ logger = logging.getLogger("vllm_spd")
 STOP_SLOTS = 16
 #: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
+#: What ``set_timing`` collects: per cycle its launch time; per step its host time, the
+#: load's share of it, and its cycles.
+TIMING_SAMPLES = ("launch_us", "step_host_us", "step_load_us", "step_cycles")
 
 
 class DeviceCycle:
@@ -96,8 +99,7 @@ class DeviceCycle:
             self.drafts = DeviceDrafts(runner, P)
         #: the stage slices (and the draft module's layers) compiled by Inductor where the
         #: cycle's graphs are captured (``capture``), fused as vLLM's own forward; eager
-        #: elsewhere unless asked for
-        self.compiled = None
+        #: elsewhere unless asked for (``self.compiled``)
         self._compile(envs.stage_compile(None))
         #: per row: temperature, top_k, top_p, min_p and the key of its random draws
         self.temperature = torch.zeros(P, dtype=torch.float32, device=dev)
@@ -120,8 +122,7 @@ class DeviceCycle:
         self.steps = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
-        self.samples: dict[str, list[float]] = {"launch_us": [], "step_host_us": [], "step_load_us": [],
-                                                "step_cycles": []}
+        self.samples: dict[str, list[float]] = {key: [] for key in TIMING_SAMPLES}
         if self.link is not None:
             logger.info("spd: the device cycle runs stage %d of %d on this rank (%s), eagerly", self.link.stage,
                         self.n, "the controller" if self.controller else "rows to the next stage")
@@ -334,9 +335,9 @@ class DeviceCycle:
         ctrl = self.controller
         drafting, sampled = mode[0], len(mode) > 1
         warp = self._warp(P, mode) if sampled and ctrl else None
-        # the draft module's anchor rings, where it runs this cycle (the controller's)
-        drafts = self.drafts if drafting in ("head", "oracle+pdm", "hybrid") else None
-        drafter = self.drafters.get(drafting)
+        drafter = self.drafters.get(drafting)   # the controller's
+        # the draft module's anchor rings, where it runs this cycle
+        drafts = self.drafts if drafter is not None and drafter.runs_module else None
         if drafter is not None:   # from the anchors before this cycle's stages, as the host cycle drafts
             draft = drafter.propose(part, live, warp)
         plan = self.plan.rows(P)
@@ -599,7 +600,7 @@ class DeviceCycle:
                    "idle_us_between_steps": round(statistics.median(step_idle), 1) if step_idle else None}
         self.timing = on
         self._events = []
-        self.samples = {"launch_us": [], "step_host_us": [], "step_load_us": [], "step_cycles": []}
+        self.samples = {key: [] for key in TIMING_SAMPLES}
         return out
 
 

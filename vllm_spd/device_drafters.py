@@ -23,6 +23,9 @@ import torch
 
 
 class DeviceDrafter:
+    #: whether the draft module runs in its cycles (then the stages fill its anchor rings)
+    runs_module = False
+
     def __init__(self, cycle):
         self.cycle = cycle
 
@@ -58,7 +61,7 @@ class OracleDrafter(DeviceDrafter):
 
     def __init__(self, cycle, priced: bool):
         super().__init__(cycle)
-        self.priced = priced
+        self.runs_module = priced
         P, dev = cycle.max_batch, cycle.hidden.device
         #: the proposals for positions ``base + k``: a flush moves the head back by up to
         #: n - 1, then drafts go at most one position further per cycle
@@ -79,7 +82,7 @@ class OracleDrafter(DeviceDrafter):
             self.base[:B].copy_(torch.tensor([b for _, b in rows]), non_blocking=True)
 
     def propose(self, part, live, warp):
-        if self.priced:
+        if self.runs_module:
             self._module_draft(part, live, warp)
         P = part.head.shape[0]
         k = (part.head + 1 - self.base[:P]).clamp(0, self.span - 1)
@@ -111,6 +114,8 @@ class LookupDrafter(DeviceDrafter):
 class HeadDrafter(DeviceDrafter):
     """The draft module (``device_draft.py``): greedy, or sampled with keyed draws."""
 
+    runs_module = True
+
     def propose(self, part, live, warp):
         return self._module_draft(part, live, warp)
 
@@ -121,6 +126,8 @@ class HeadDrafter(DeviceDrafter):
 class HybridDrafter(LookupDrafter):
     """The draft module, overridden by prompt lookup where it matches a long enough
     suffix, for requests cool enough (``hybrid_min_match``, ``hybrid_max_temperature``)."""
+
+    runs_module = True
 
     def propose(self, part, live, warp):
         c = self.cycle
