@@ -96,6 +96,12 @@ def _device_cycle(worker, on):
     return r._bench_device is not None
 
 
+def _cycles_per_graph(worker, k):
+    """Capture the one-worker device cycle's graphs again with ``k`` cycles each; returns the value taken."""
+    d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
+    return d.set_cycles_per_graph(k) if d is not None else None
+
+
 def _device_timing(worker, on):
     d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
     return d.set_timing(on) if d is not None else {}
@@ -345,8 +351,9 @@ class Rows(list):
 
 def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
     """All n stages in one worker on one GPU, per alpha: the device cycle (with its host
-    and device time per cycle), at ``--one-gpu-pdm-alphas`` also with a random draft
-    module run every cycle (unused, to price it), and at ``--one-gpu-host-alphas`` the
+    and device time per cycle) once per ``--one-gpu-cycles-per-graph`` value, at
+    ``--one-gpu-pdm-alphas`` also with a random draft module run every cycle (unused, to
+    price it; at the last of those values), and at ``--one-gpu-host-alphas`` the
     host-driven cycle in the same engine, for comparison."""
     from vllm_spd.oracle import save_recording
 
@@ -357,16 +364,21 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
         _, outs = _timed(llm, prompts, a.output_len)     # the greedy continuation (all drafts wrong)
         save_recording(rec, prompts, outs)
         for alpha in a.alphas:
-            kinds = [("device", False)] + [("device", True)] * (alpha in a.one_gpu_pdm_alphas) \
-                + [("host", False)] * (alpha in a.one_gpu_host_alphas)
-            for cycle, pdm in kinds:
+            ks = a.one_gpu_cycles_per_graph
+            kinds = [("device", False, k) for k in ks] + [("device", True, ks[-1])] * (alpha in a.one_gpu_pdm_alphas) \
+                + [("host", False, None)] * (alpha in a.one_gpu_host_alphas)
+            for cycle, pdm, k in kinds:
                 llm.collective_rpc(_set_oracle, args=(rec, alpha, "oracle", pdm))
                 llm.collective_rpc(_device_cycle, args=(cycle == "device",))
-                if (b, alpha, cycle, pdm) == (a.batch[0], a.alphas[0], "device", False):
+                extra = {}
+                if k is not None:
+                    extra["cycles_per_graph"] = llm.collective_rpc(_cycles_per_graph, args=(k,))[0]
+                first = (b, alpha, cycle, pdm, k) == (a.batch[0], a.alphas[0], "device", False, ks[0])
+                if first:
                     llm.collective_rpc(_arm_profile, args=(4,))   # a steady-state step of its warm-up
                 row = _speed(llm, prompts, a, {**base, "drafter": "oracle+pdm_priced" if pdm else "oracle",
-                                               "alpha": alpha, "cycle": cycle})
-                if a.kernel_breakdown and (b, alpha, cycle, pdm) == (a.batch[0], a.alphas[0], "device", False):
+                                               "alpha": alpha, "cycle": cycle, **extra})
+                if a.kernel_breakdown and first:
                     row["kernels"] = kernel_breakdown(llm, prompts, a.kernel_breakdown)
                 if cycle == "device":
                     llm.collective_rpc(_device_timing, args=(True,))
@@ -402,7 +414,9 @@ def _label(r) -> str:
         pdm = " + PDM run" if r["drafter"] == "oracle+pdm_priced" else ""
         timing = r.get("device_cycle_timing") or {}
         eager = " (eager stages)" if "stage_compile" in timing and timing["stage_compile"] is None else ""
-        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}{pdm}{eager}"
+        k = r.get("cycles_per_graph") or 1
+        per = f", {k} cycles/graph" if k > 1 else ""
+        return f"SPD n={r['num_stages']} 1 GPU {r['cycle']} cycle alpha={r['alpha']}{pdm}{eager}{per}"
     spd = f"SPD n={n}" + (f" lag {r['verdict_lag']}" if "verdict_lag" in r else "")
     if d == "oracle":
         return f"{spd} oracle alpha={r['alpha']}" + (", eager verify" if r.get("verify") == "eager" else "")
@@ -475,6 +489,9 @@ def main(argv=None) -> None:
     ap.add_argument("--one-gpu-stage-compile", nargs="*", default=[""], metavar="BACKEND",
                     help="spd1: one engine per value, with VLLM_SPD_STAGE_COMPILE set to it (e.g. 'inductor 0': "
                          "the stage slices compiled, then eager); default: the engine's own choice")
+    ap.add_argument("--one-gpu-cycles-per-graph", type=int, nargs="+", default=[1], metavar="K",
+                    help="spd1: device-cycle rows with K cycles captured per CUDA graph, one row per value "
+                         "(the same engine, its graphs captured again)")
     ap.add_argument("--cycles-per-step", type=int, default=64, help="SPD's cycles_per_step (0: its default)")
     ap.add_argument("--draft-layers", type=int, default=1)
     ap.add_argument("--draft-vocab", type=int, default=32768)

@@ -42,14 +42,14 @@ answer generated.jsonl 0 0
 for k in $(seq 1 "${SAMPLED:-0}"); do answer "generated_t$k.jsonl" "$k" "${GEN_TEMP:-0.8}"; done
 if [ "${INVENTED:-0}" -gt 0 ]; then
   [ -s "$data/invented.jsonl" ] || python3 -m vllm_spd.train.invent --target "$target" --num "$INVENTED" \
-    --dtype float32 ${GEN_ENGINE:-} --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" \
+    --dtype float32 ${GEN_ENGINE:-} --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" "$prompts/spd_own_prompts.jsonl" \
     --out "$data/invented.jsonl"
   answer generated_inv.jsonl 0 0 invented.jsonl
 fi
 if [ "${STEERED:-0}" -gt 0 ]; then
   [ -s "$data/steered.jsonl" ] || python3 -m vllm_spd.train.invent --target "$target" --num "$STEERED" \
     --dtype float32 --seed 300000 --openers builtin ${GEN_ENGINE:-} \
-    --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" --out "$data/steered.jsonl"
+    --exclude "$prompts/mt_bench_questions.jsonl" "$prompts/humaneval_questions.jsonl" "$prompts/spd_own_prompts.jsonl" --out "$data/steered.jsonl"
   answer generated_steered.jsonl 0 0 steered.jsonl
 fi
 files=$(ls "$data"/generated*.jsonl)

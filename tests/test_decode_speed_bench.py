@@ -63,9 +63,10 @@ def test_append_keeps_rows_of_the_same_settings_only(tmp_path):
 
 
 def test_one_gpu_system_cpu(tiny_qwen3, tmp_path, capsys):
-    """``spd1``: all stages in one worker, the device cycle at every alpha and the host
-    cycle at the first and last, in one engine; drafts at alpha 1 are all accepted and
-    the output equals the recorded greedy continuation."""
+    """``spd1``: all stages in one worker, the device cycle at every alpha with one and
+    with three cycles per launch, and the host cycle at the first and last, in one
+    engine; drafts at alpha 1 are all accepted and the output equals the recorded greedy
+    continuation."""
     import decode_speed
 
     out = tmp_path / "result.json"
@@ -73,19 +74,26 @@ def test_one_gpu_system_cpu(tiny_qwen3, tmp_path, capsys):
                        "--one-gpu-stages", "3", "--batch", "2", "--input-len", "16", "--output-len", "12",
                        "--runs", "1", "--alphas", "1.0", "0.6", "--dtype", "bfloat16", "--max-model-len", "256",
                        "--cycles-per-step", "6", "--spd-eager", "--system-timeout", "600", "--draft-vocab", "512",
-                       "--one-gpu-host-alphas", "1.0", "0.6", "--one-gpu-pdm-alphas", "0.6", "--out", str(out)])
+                       "--one-gpu-host-alphas", "1.0", "0.6", "--one-gpu-pdm-alphas", "0.6",
+                       "--one-gpu-cycles-per-graph", "1", "3", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    labels = [(r["system"], r.get("alpha"), r.get("cycle"), r.get("drafter")) for r in rows]
-    assert labels == [("tp1", None, None, None), ("spd1", 1.0, "device", "oracle"), ("spd1", 1.0, "host", "oracle"),
-                      ("spd1", 0.6, "device", "oracle"), ("spd1", 0.6, "device", "oracle+pdm_priced"),
-                      ("spd1", 0.6, "host", "oracle")]
+    labels = [(r["system"], r.get("alpha"), r.get("cycle"), r.get("drafter"), r.get("cycles_per_graph"))
+              for r in rows]
+    assert labels == [("tp1", None, None, None, None),
+                      ("spd1", 1.0, "device", "oracle", 1), ("spd1", 1.0, "device", "oracle", 3),
+                      ("spd1", 1.0, "host", "oracle", None),
+                      ("spd1", 0.6, "device", "oracle", 1), ("spd1", 0.6, "device", "oracle", 3),
+                      ("spd1", 0.6, "device", "oracle+pdm_priced", 3), ("spd1", 0.6, "host", "oracle", None)]
     spd = rows[1:]
     assert all(r["num_stages"] == 3 and r["num_gpus"] == 1 and r["cycles_per_step"] == 6 for r in spd)
-    assert spd[0]["measured_alpha"] == 1.0 and spd[1]["measured_alpha"] == 1.0
+    assert spd[0]["measured_alpha"] == spd[1]["measured_alpha"] == spd[2]["measured_alpha"] == 1.0
     # the same drafts, the same verdicts, with or without the draft module running, in either cycle
-    assert spd[2]["measured_alpha"] == spd[3]["measured_alpha"] == spd[4]["measured_alpha"] < 1.0
-    assert spd[0]["output_matches_plain"] and spd[2]["output_matches_plain"] and spd[3]["output_matches_plain"]
-    assert "SPD n=3 1 GPU device cycle alpha=1.0" in capsys.readouterr().out
+    assert spd[3]["measured_alpha"] == spd[4]["measured_alpha"] == spd[5]["measured_alpha"] \
+        == spd[6]["measured_alpha"] < 1.0
+    assert all(r["output_matches_plain"] for r in spd if r["cycle"] == "device")
+    printed = capsys.readouterr().out
+    assert "SPD n=3 1 GPU device cycle alpha=1.0 " in printed
+    assert "SPD n=3 1 GPU device cycle alpha=1.0, 3 cycles/graph" in printed
 
 
 def test_kernel_categories():
@@ -119,3 +127,4 @@ def test_one_gpu_rows_name_eager_stage_slices():
     eager = dict(row, device_cycle_timing={"stage_compile": None})
     assert decode_speed._label(compiled) == "SPD n=4 1 GPU device cycle alpha=1.0"
     assert decode_speed._label(eager) == "SPD n=4 1 GPU device cycle alpha=1.0 (eager stages)"
+    assert decode_speed._label(dict(row, cycles_per_graph=4)) == "SPD n=4 1 GPU device cycle alpha=1.0, 4 cycles/graph"

@@ -151,6 +151,46 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     on = both_cycles(target, spec, sp, reference, monkeypatch)
 
 
+def _per_launch(worker):
+    return worker.model_runner.spd_device.per_launch
+
+
+def test_several_cycles_per_launch_match_plain_and_host_cycle(tiny_qwen3, recorded, monkeypatch):
+    """Five cycles per launch (one graph of five on a GPU), the rest of a step's cycles one
+    at a time: output and every draft verdict equal plain vLLM's and the host cycle's."""
+    from vllm import SamplingParams
+
+    path, reference = recorded
+    monkeypatch.setenv("VLLM_SPD_CYCLES_PER_GRAPH", "5")
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 3, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 0.7,
+            "cycles_per_step": 10}
+    both_cycles(tiny_qwen3, spec, sp, reference, monkeypatch)
+    monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", "1")
+    from vllm import LLM
+
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec)
+    try:
+        llm.generate(PROMPTS[:1], sp, use_tqdm=False)
+        assert llm.collective_rpc(_per_launch) == [5]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def test_cycles_per_graph_setting_rejects_nonsense(monkeypatch):
+    from vllm_spd import envs
+
+    for bad in ("0", "-2", "four"):
+        monkeypatch.setenv(envs.CYCLES_PER_GRAPH_VAR, bad)
+        with pytest.raises(ValueError, match="VLLM_SPD_CYCLES_PER_GRAPH"):
+            envs.cycles_per_graph()
+    monkeypatch.setenv(envs.CYCLES_PER_GRAPH_VAR, "4")
+    assert envs.cycles_per_graph() == 4
+
+
 def test_many_stop_ids_take_the_host_cycle(tiny_qwen3, recorded):
     """More stop ids than the device gate holds: that step takes the host cycle, exactly."""
     from vllm import SamplingParams
@@ -168,14 +208,17 @@ def test_many_stop_ids_take_the_host_cycle(tiny_qwen3, recorded):
     assert steps == 0
 
 
-@pytest.mark.parametrize("placement", ["single_worker", "pipeline"])
-def test_rows_short_of_token_budget_pause_and_resume(tiny_qwen3, recorded, placement, monkeypatch):
+@pytest.mark.parametrize("placement,per_launch", [("single_worker", "1"), ("single_worker", "3"),
+                                                   ("pipeline", "1")])
+def test_rows_short_of_token_budget_pause_and_resume(tiny_qwen3, recorded, placement, per_launch, monkeypatch):
     """A token budget too small for every request's cycles_per_step: the scheduler gives
     one decoding request 4 tokens where the others get 8, so with every draft right
     (one commit per cycle) its row sits out the last cycles of a step while the others
     go on, and picks up next step where it stopped. Its in-flight hidden states must
-    survive those cycles, in one worker and on 4 pipeline ranks."""
+    survive those cycles, in one worker (one and three cycles per launch) and on 4
+    pipeline ranks."""
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")   # one thread per rank, placed by the OS
+    monkeypatch.setenv("VLLM_SPD_CYCLES_PER_GRAPH", per_launch)
     pause_and_resume(tiny_qwen3, recorded, placement)
 
 

@@ -30,21 +30,23 @@ def _device_cycle_graphs(worker):
     device = getattr(worker.model_runner, "spd_device", None)
     if device is None:
         return None
-    return {"graphs": len(device.graphs), "steps": device.steps,
+    return {"graphs": len(device.graphs), "steps": device.steps, "per_launch": device.per_launch,
             "stage_compile": None if device.compiled is None else device.compiled.backend}
 
 
-@pytest.mark.parametrize("num_stages", [2, 4])
-def test_gpu_device_cycle_graphs_match_plain(tiny_qwen3, num_stages):
-    """The device cycle as it runs by default on a GPU: captured in CUDA graphs, each
-    stage's layers compiled by Inductor, against plain vLLM compiled and captured too
-    (float32, greedy): token-identical, and the device cycle served the decode steps."""
+@pytest.mark.parametrize("num_stages,per_launch", [(2, 1), (4, 1), (4, 5)])
+def test_gpu_device_cycle_graphs_match_plain(tiny_qwen3, num_stages, per_launch, monkeypatch):
+    """The device cycle as it runs by default on a GPU: captured in CUDA graphs (of one
+    cycle, or of five with the rest of a step's cycles one at a time), each stage's
+    layers compiled by Inductor, against plain vLLM compiled and captured too (float32,
+    greedy): token-identical, and the device cycle served the decode steps."""
     import gc
 
     from vllm import LLM, SamplingParams
 
     from test_e2e_greedy import PROMPTS, assert_identical
 
+    monkeypatch.setenv("VLLM_SPD_CYCLES_PER_GRAPH", str(per_launch))
     sp = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
     outs = {}
     for spec in (None, {"method": "spd", "num_stages": num_stages, "drafter": "ngram"}):
@@ -57,3 +59,4 @@ def test_gpu_device_cycle_graphs_match_plain(tiny_qwen3, num_stages):
         gc.collect()
     assert_identical(outs[True], outs[False])
     assert cycle["graphs"] > 0 and cycle["steps"] > 0 and cycle["stage_compile"] == "inductor", cycle
+    assert cycle["per_launch"] == per_launch, cycle

@@ -23,7 +23,7 @@ them, and reads the committed ring once at the end. A cycle is a fixed-shape pro
   rejection sampling with keyed draws too.
 
 On a GPU one CUDA graph per padded batch size (and drafting/sampling mode) holds a whole
-cycle, captured after vLLM's graphs, with each stage's slice of layers compiled by
+cycle, or ``VLLM_SPD_CYCLES_PER_GRAPH`` of them back to back, captured after vLLM's graphs, with each stage's slice of layers compiled by
 Inductor (``stage_compile.py``); on CPU the same program runs eagerly (metadata
 rebuilt by the CPU backend's builder every stage), which is what the CPU tests check
 against plain vLLM.
@@ -55,9 +55,9 @@ logger = logging.getLogger("vllm_spd")
 STOP_SLOTS = 16
 #: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
-#: What ``set_timing`` collects: per cycle its launch time; per step its host time, the
-#: load's share of it, and its cycles.
-TIMING_SAMPLES = ("launch_us", "step_host_us", "step_load_us", "step_cycles")
+#: What ``set_timing`` collects: per launch its host time and its cycles; per step its
+#: host time, the load's share of it, and its launches.
+TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "step_launches")
 
 
 class DeviceCycle:
@@ -67,6 +67,9 @@ class DeviceCycle:
         cfg = runner.spd_cfg
         self.n = lay.num_stages
         self.cycles_per_step = cfg.cycles_per_step
+        #: cycles one launch runs (one graph holds them); a step's cycles past its whole
+        #: launches run one per launch
+        self.per_launch = min(envs.cycles_per_graph(), self.cycles_per_step)
         self.on_gpu = runner.device.type == "cuda"
         #: pipeline ranks: this rank's link, its stage and whether it is the controller
         #: (which drafts and verifies); one worker: no link, every stage, the controller
@@ -115,8 +118,8 @@ class DeviceCycle:
             from vllm_spd.device_drafters import make_device_drafters
 
             self.drafters = make_device_drafters(self)
-        #: (padded batch, mode) -> the graph of one cycle
-        self.graphs: dict[tuple[int, tuple], torch.cuda.CUDAGraph] = {}
+        #: (padded batch, mode) -> {cycles: the graph of that many cycles}, for ``per_launch`` and 1
+        self.graphs: dict[tuple[int, tuple], dict[int, torch.cuda.CUDAGraph]] = {}
         #: (padded batch, stage) -> that stage's attention metadata, slot mappings and schedule
         self.meta: dict[tuple[int, int], tuple[dict, dict, list]] = {}
         self.steps = 0
@@ -174,24 +177,27 @@ class DeviceCycle:
         B = len(reqs)
         P = self.padded(B)
         mode = self.mode(reqs)
-        graph = self.graphs.get((P, mode))
-        if graph is None and self.graphs:
+        graphs = self.graphs.get((P, mode))
+        if graphs is None and self.graphs:
             # Captured for another mode (drafting, sampling): capture this one first, as
             # its warm-up run overwrites the carried hidden states that the load writes.
-            graph = self._capture(P, mode)
+            graphs = self._capture(P, mode)
         t0 = time.perf_counter()
         if self.link is not None:
             self.link.wait_sends()   # prefill's rows, sent before this step
         cycles = self._load(work, reqs, P, self.drafters.get(mode[0]))
         host = time.perf_counter() - t0
-        timed = self.timing and graph is not None
-        for _ in range(cycles):
+        timed = self.timing and graphs is not None
+        whole, rest = divmod(cycles, self.per_launch)
+        launches = [self.per_launch] * whole + [1] * rest
+        for c in launches:
             if timed:
-                self._timed_cycle(graph)
-            elif graph is not None:
-                graph.replay()
+                self._timed_launch(graphs[c], c)
+            elif graphs is not None:
+                graphs[c].replay()
             else:
-                self._cycle(P, mode)
+                for _ in range(c):
+                    self._cycle(P, mode)
         st = self.state
         out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
                          torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
@@ -224,7 +230,7 @@ class DeviceCycle:
         if timed:
             self.samples["step_host_us"].append(1e6 * (host + time.perf_counter() - t0))
             self.samples["step_load_us"].append(1e6 * host)
-            self.samples["step_cycles"].append(cycles)
+            self.samples["step_launches"].append(len(launches))
         return committed
 
     def _load(self, work, reqs, P, drafter) -> int:
@@ -512,9 +518,9 @@ class DeviceCycle:
                     f"compiled ({self.compiled.backend})" if self.compiled is not None else "eager")
 
     @torch.inference_mode()
-    def _capture(self, P: int, mode: tuple):
-        """One graph of a whole cycle for ``P`` rows. Captured on dead rows (no KV
-        writes, no state change); replays read whatever the state holds then. Should
+    def _capture(self, P: int, mode: tuple) -> dict:
+        """The graphs of ``per_launch`` cycles and of one for ``P`` rows. Captured on dead
+        rows (no KV writes, no state change); replays read whatever the state holds then. Should
         FlashAttention's schedule fail to plan or capture inside the cycle, each layer
         plans its own again and the capture is retried."""
         st = self.state
@@ -522,13 +528,15 @@ class DeviceCycle:
         st.real.zero_()
         if not hasattr(self, "_pool"):
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
+        graphs = {c: torch.cuda.CUDAGraph() for c in {self.per_launch, 1}}
         try:
             self._cycle(P, mode)                  # warm-up outside the capture
             torch.cuda.synchronize()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._cycle(P, mode)
-            torch.cuda.synchronize()
+            for c, graph in graphs.items():
+                with torch.cuda.graph(graph, pool=self._pool):
+                    for _ in range(c):
+                        self._cycle(P, mode)
+                torch.cuda.synchronize()
         except Exception as err:
             if self.compiled is not None:   # the layers as vLLM's CUDA kernels run them, one by one
                 logger.warning("spd: compiling the device cycle's layers failed (%s: %s); they run eagerly, "
@@ -550,48 +558,64 @@ class DeviceCycle:
             st.real.copy_(saved)
             return self._capture(P, mode)
         st.real.copy_(saved)
-        self.graphs[(P, mode)] = graph
-        return graph
+        self.graphs[(P, mode)] = graphs
+        return graphs
 
-    def _timed_cycle(self, graph) -> None:
-        """A cycle with host launch time and device time recorded (events around it)."""
+    def set_cycles_per_graph(self, k: int) -> int:
+        """Launch ``k`` cycles per graph from now on (at most ``cycles_per_step``),
+        capturing the graphs again; returns the value taken."""
+        self.per_launch = max(1, min(k, self.cycles_per_step))
+        if self.graphs:
+            modes = sorted({key for key in self.graphs}, key=lambda key: -key[0])
+            self.graphs.clear()
+            for P, mode in modes:
+                self._capture(P, mode)
+        return self.per_launch
+
+    def _timed_launch(self, graph, cycles: int) -> None:
+        """A launch of ``cycles`` cycles with its host time and device time recorded (events around it)."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         t0 = time.perf_counter()
         start.record()
         graph.replay()
         end.record()
         self.samples["launch_us"].append(1e6 * (time.perf_counter() - t0))
+        self.samples["launch_cycles"].append(cycles)
         self._events.append((start, end))
 
     def set_timing(self, on: bool) -> dict:
         """Switch per-cycle timing on or off; returns what was measured since it was last
         switched: the host's time per cycle (graph launches, plus each step's load and
         read-back spread over its cycles, the wait for the device excluded), the device's
-        time per cycle (CUDA events around each launch) and its idle time between
-        consecutive cycles of a step (from one cycle's end event to the next one's start)
-        and between the last cycle of a step and the first of the next (the engine step's
-        own turn-around: read-back, scheduler, next load); ``step_load_us`` is the part of
-        a step's host time spent loading the batch before its first cycle."""
+        time per cycle (CUDA events around each launch, divided by its cycles) and its
+        idle time between consecutive launches of a step (from one launch's end event to
+        the next one's start) and between the last launch of a step and the first of the
+        next (the engine step's own turn-around: read-back, scheduler, next load);
+        ``step_load_us`` is the part of a step's host time spent loading the batch before
+        its first launch."""
         import statistics
 
         out = {}
         ev = getattr(self, "_events", [])
         if ev:
             torch.cuda.synchronize()
-            dev = [a.elapsed_time(b) for a, b in ev]
+            per = self.samples["launch_cycles"]
+            dev = [a.elapsed_time(b) / c for (a, b), c in zip(ev, per)]
             bounds, at = set(), 0
-            for c in self.samples["step_cycles"]:
+            for c in self.samples["step_launches"]:
                 at += c
                 bounds.add(at)
             gaps = [(i + 1 in bounds, 1000 * ev[i][1].elapsed_time(ev[i + 1][0])) for i in range(len(ev) - 1)]
             idle = [g for between_steps, g in gaps if not between_steps]
             step_idle = [g for between_steps, g in gaps if between_steps]
-            cycles = sum(self.samples["step_cycles"])
+            cycles = sum(per)
             host = sum(self.samples["launch_us"]) + sum(self.samples["step_host_us"])
-            out = {"cycles": cycles, "steps": len(self.samples["step_cycles"]),
+            out = {"cycles": cycles, "steps": len(self.samples["step_launches"]),
                    "stage_compile": None if self.compiled is None else self.compiled.backend,
+                   "cycles_per_graph": self.per_launch,
                    "host_us_per_cycle": round(host / max(cycles, 1), 2),
-                   "launch_us_per_cycle": round(statistics.median(self.samples["launch_us"]), 2),
+                   "launch_us_per_cycle": round(statistics.median(
+                       us / c for us, c in zip(self.samples["launch_us"], per)), 2),
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
                    "step_load_us": round(statistics.median(self.samples["step_load_us"]), 1),
                    "device_ms_per_cycle": round(statistics.median(dev), 4),

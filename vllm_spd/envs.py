@@ -20,6 +20,9 @@ DEVICE_CYCLE_VAR = "VLLM_SPD_DEVICE_CYCLE"
 #: "inductor" where the cycle's CUDA graphs are captured and none elsewhere; "0" runs them
 #: eagerly; a backend named here is used on CPU too.
 STAGE_COMPILE_VAR = "VLLM_SPD_STAGE_COMPILE"
+#: Cycles one CUDA graph of the device cycle holds back to back (default 1): a step runs
+#: its cycles as whole launches of that many, then one at a time for the rest.
+CYCLES_PER_GRAPH_VAR = "VLLM_SPD_CYCLES_PER_GRAPH"
 #: Folder for a PyTorch profile of one decode step per rank (see step_profiler.py).
 PROFILE_DIR_VAR = "VLLM_SPD_PROFILE_DIR"
 #: Which decode step (1-based) that profile covers.
@@ -72,3 +75,10 @@ def stage_compile(default: str | None) -> str | None:
     if not value:
         return default
     return None if value.lower() in ("0", "false", "no", "off") else value
+
+
+def cycles_per_graph() -> int:
+    value = os.environ.get(CYCLES_PER_GRAPH_VAR, "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"spd: {CYCLES_PER_GRAPH_VAR}={value!r} must be a whole number of cycles, 1 or more")
+    return int(value)
