@@ -563,8 +563,11 @@ class DeviceCycle:
 
     def set_cycles_per_graph(self, k: int) -> int:
         """Launch ``k`` cycles per graph from now on (at most ``cycles_per_step``),
-        capturing the graphs again; returns the value taken."""
-        self.per_launch = max(1, min(k, self.cycles_per_step))
+        capturing the graphs again where it changes; returns the value taken."""
+        k = max(1, min(k, self.cycles_per_step))
+        if k == self.per_launch:
+            return k
+        self.per_launch = k
         if self.graphs:
             modes = sorted({key for key in self.graphs}, key=lambda key: -key[0])
             self.graphs.clear()
