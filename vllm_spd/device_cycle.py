@@ -56,8 +56,12 @@ STOP_SLOTS = 16
 #: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
 #: What ``set_timing`` collects: per launch its host time and its cycles; per step its
-#: host time, the load's share of it, and its launches.
-TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "step_launches")
+#: host time, the load's share of it, the load's phases (``LOAD_PHASES``) and its launches.
+TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "load_phases_us", "step_launches")
+#: The load's phases, in order: the rows built on the host (each drafter's too), the cycle
+#: state's copies, the draft module's anchors, the carried hidden states, the block table,
+#: the drafter's copies.
+LOAD_PHASES = ("rows", "state", "draft_module", "carried", "block_table", "drafter")
 
 
 class DeviceCycle:
@@ -243,6 +247,7 @@ class DeviceCycle:
         hid, res, at = [], [], []
         anchor_rows, q_rows, pending, sampling = [], [], [], []
         need = 0
+        marks = [time.perf_counter()]
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
             if len(win) > W:
@@ -281,6 +286,7 @@ class DeviceCycle:
                 drafter.load_row(b, req, state)
         dev = self.hidden.device
         B = len(reqs)
+        marks.append(time.perf_counter())
         host = torch.tensor(rows, dtype=torch.int64)
         ints, o = [], 0   # (destination, host values) of every int64 the step loads
         for name, width in (("tok", W), ("depth", W), ("stop_ids", S), ("mask_ids", M)):
@@ -305,17 +311,24 @@ class DeviceCycle:
         load_packed([(self.temperature[:B], torch.tensor(temp, dtype=torch.float32)),
                      (self.top_p[:B], torch.tensor(top_p, dtype=torch.float32)),
                      (self.min_p[:B], torch.tensor(min_p, dtype=torch.float32))])
+        marks.append(time.perf_counter())
         if self.drafts is not None:
             self.drafts.load_done(anchor_rows, q_rows, st, B, runner._spd_embed)
+        marks.append(time.perf_counter())
         if at:
             ix = torch.tensor(at, dtype=torch.int64).to(dev, non_blocking=True)
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
             self.residual[ix[:, 1], ix[:, 0]] = torch.stack(res).to(self.residual.dtype)
+        marks.append(time.perf_counter())
         table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
         self.block_table[:B].copy_(table, non_blocking=True)
         self.block_table[B:P].zero_()
+        marks.append(time.perf_counter())
         if drafter is not None:
             drafter.load_done(B, work)
+        marks.append(time.perf_counter())
+        if self.timing:
+            self.samples["load_phases_us"].append([1e6 * (b - a) for a, b in zip(marks, marks[1:])])
         # Cycles to launch: every row's commits this step, plus the n cycles its first
         # commit may take; a row short of its budget after rejections goes on next step.
         return min(self.cycles_per_step, need + self.n) if need > 0 else 0
@@ -621,6 +634,8 @@ class DeviceCycle:
                        us / c for us, c in zip(self.samples["launch_us"], per)), 2),
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
                    "step_load_us": round(statistics.median(self.samples["step_load_us"]), 1),
+                   "step_load_phases_us": {name: round(statistics.median(phase), 1) for name, phase in
+                                           zip(LOAD_PHASES, zip(*self.samples["load_phases_us"]))},
                    "device_ms_per_cycle": round(statistics.median(dev), 4),
                    "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None,
                    "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None,
