@@ -148,7 +148,7 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     head = mirror_head(target, 2, str(tmp_path / "head"), context=0.05)
     sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     spec = {"method": "spd", "num_stages": 2, "model": head, "drafter": "hybrid", "hybrid_min_match": 1}
-    on = both_cycles(target, spec, sp, reference, monkeypatch)
+    both_cycles(target, spec, sp, reference, monkeypatch)
 
 
 def _per_launch(worker):
@@ -336,3 +336,37 @@ KEPT_GRAPHS: list = []
 def _keep_graph(gm, example_inputs):
     KEPT_GRAPHS.append(gm)
     return gm.forward
+
+
+def test_timing_summary_counts_cycles_per_launch(monkeypatch):
+    """``set_timing``'s summary from recorded launches (CUDA events stood in for): two
+    steps, the first of two launches of four cycles and one single cycle, the second of
+    one launch of four; per-cycle GPU and launch times divide by each launch's cycles,
+    idle times split between and within steps, and the load's phases are medians."""
+    import torch
+
+    from vllm_spd.device_cycle import LOAD_PHASES, DeviceCycle
+
+    class Event:
+        def __init__(self, t):
+            self.t = t
+
+        def elapsed_time(self, other):   # ms, as CUDA events report
+            return other.t - self.t
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    cycle = object.__new__(DeviceCycle)
+    cycle.per_launch, cycle.compiled, cycle.timing = 4, None, True
+    # launches: [0, 8) 4 cycles, [8.002, 10.002) 1 cycle, next step [12, 20) 4 cycles
+    cycle._events = [(Event(0.0), Event(8.0)), (Event(8.002), Event(10.002)), (Event(12.0), Event(20.0))]
+    cycle.samples = {"launch_us": [40.0, 10.0, 44.0], "launch_cycles": [4, 1, 4], "step_host_us": [900.0, 700.0],
+                     "step_load_us": [600.0, 500.0], "step_launches": [2, 1],
+                     "load_phases_us": [[1, 2, 3, 4, 5, 6], [3, 4, 5, 6, 7, 8]]}
+    out = cycle.set_timing(False)
+    assert out["cycles"] == 9 and out["steps"] == 2 and out["cycles_per_graph"] == 4
+    assert out["device_ms_per_cycle"] == 2.0 and out["launch_us_per_cycle"] == 10.0
+    assert out["host_us_per_cycle"] == round((94.0 + 1600.0) / 9, 2)
+    assert out["idle_us_between_cycles"] == 2.0 and out["idle_us_between_steps"] == 1998.0
+    assert out["step_load_us"] == 550.0
+    assert out["step_load_phases_us"] == dict(zip(LOAD_PHASES, [2, 3, 4, 5, 6, 7]))
+    assert cycle.timing is False and cycle.samples["launch_us"] == []
