@@ -151,6 +151,33 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     both_cycles(target, spec, sp, reference, monkeypatch)
 
 
+def _cycles_run(worker):
+    return worker.model_runner.spd_device.cycles_run
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_no_cycle_is_launched_after_the_last_commit(tiny_qwen3, recorded, num_stages):
+    """At alpha 1 a request of T tokens commits T - 1 after prefill, the first once its
+    prefill token has been through the n stages: T + n - 2 cycles over several steps
+    (cycles_per_step 9, so the last step is a short one), none launched after its last commit."""
+    from vllm import LLM, SamplingParams
+
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": num_stages, "drafter": "oracle", "oracle_tokens": path,
+            "oracle_alpha": 1.0, "cycles_per_step": 9}
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec)
+    try:
+        out = llm.generate(PROMPTS[:1], sp, use_tqdm=False)
+        assert list(out[0].outputs[0].token_ids) == reference[0]
+        assert llm.collective_rpc(_cycles_run) == [MAX_TOKENS + num_stages - 2]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
 def _per_launch(worker):
     return worker.model_runner.spd_device.per_launch
 

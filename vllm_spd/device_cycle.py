@@ -127,6 +127,8 @@ class DeviceCycle:
         #: (padded batch, stage) -> that stage's attention metadata, slot mappings and schedule
         self.meta: dict[tuple[int, int], tuple[dict, dict, list]] = {}
         self.steps = 0
+        #: cycles launched over all steps
+        self.cycles_run = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
         self.samples: dict[str, list[float]] = {key: [] for key in TIMING_SAMPLES}
@@ -192,6 +194,7 @@ class DeviceCycle:
         cycles = self._load(work, reqs, P, self.drafters.get(mode[0]))
         host = time.perf_counter() - t0
         timed = self.timing and graphs is not None
+        self.cycles_run += cycles
         whole, rest = divmod(cycles, self.per_launch)
         launches = [self.per_launch] * whole + [1] * rest
         for c in launches:
@@ -246,7 +249,7 @@ class DeviceCycle:
         rows = []
         hid, res, at = [], [], []
         anchor_rows, q_rows, pending, sampling = [], [], [], []
-        need = 0
+        cycles = 0
         marks = [time.perf_counter()]
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
@@ -260,8 +263,10 @@ class DeviceCycle:
             room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
             g = req.gate
             budget = min(num_sched, max(room, 0))
-            if not g.stopped:
-                need = max(need, min(budget, g.max_tokens - g.num_output))
+            commits = 0 if g.stopped else min(budget, g.max_tokens - g.num_output)
+            if commits > 0:
+                # with every draft accepted: the oldest token's remaining stages, then one commit a cycle
+                cycles = max(cycles, max(1, n - max(e.depth for e in win)) + commits - 1)
             rows.append([e.token for e in win] + [0] * (W - len(win))
                         + [e.depth for e in win] + [0] * (W - len(win))
                         + stop + [-1] * (S - len(stop))
@@ -329,9 +334,11 @@ class DeviceCycle:
         marks.append(time.perf_counter())
         if self.timing:
             self.samples["load_phases_us"].append([1e6 * (b - a) for a, b in zip(marks, marks[1:])])
-        # Cycles to launch: every row's commits this step, plus the n cycles its first
-        # commit may take; a row short of its budget after rejections goes on next step.
-        return min(self.cycles_per_step, need + self.n) if need > 0 else 0
+        # Cycles to launch: as many as the row that needs most takes to commit its share
+        # of the step with every draft accepted, so none is launched after the last
+        # commit a request can make (at a request's end n of them were, each a whole
+        # cycle of GPU work); a row short of its budget after a rejection goes on next step.
+        return min(self.cycles_per_step, cycles)
 
     def _store(self, req, snap, b, tok, depth, head, wlen, committed_len) -> None:
         """The row's window and carried hidden states back into the request's state."""
