@@ -96,14 +96,19 @@ def _device_cycle(worker, on):
     return r._bench_device is not None
 
 
+def _one_worker_cycle(worker):
+    """This worker's device cycle (kept aside by ``_device_cycle`` while switched off), or None."""
+    return getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
+
+
 def _cycles_per_graph(worker, k):
     """Capture the one-worker device cycle's graphs again with ``k`` cycles each; returns the value taken."""
-    d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
+    d = _one_worker_cycle(worker)
     return d.set_cycles_per_graph(k) if d is not None else None
 
 
 def _device_timing(worker, on):
-    d = getattr(worker.model_runner, "_bench_device", None) or worker.model_runner._spd_device_cycle()
+    d = _one_worker_cycle(worker)
     return d.set_timing(on) if d is not None else {}
 
 

@@ -23,10 +23,10 @@ them, and reads the committed ring once at the end. A cycle is a fixed-shape pro
   rejection sampling with keyed draws too.
 
 On a GPU one CUDA graph per padded batch size (and drafting/sampling mode) holds a whole
-cycle, or ``VLLM_SPD_CYCLES_PER_GRAPH`` of them back to back, captured after vLLM's graphs, with each stage's slice of layers compiled by
-Inductor (``stage_compile.py``); on CPU the same program runs eagerly (metadata
-rebuilt by the CPU backend's builder every stage), which is what the CPU tests check
-against plain vLLM.
+cycle, or ``VLLM_SPD_CYCLES_PER_GRAPH`` of them back to back, captured after vLLM's
+graphs, with each stage's slice of layers compiled by Inductor (``stage_compile.py``);
+on CPU the same program runs eagerly (metadata rebuilt by the CPU backend's builder every
+stage), which is what the CPU tests check against plain vLLM.
 
 Serves the one-worker placement at ``verdict_lag`` 0 with every drafter (the draft
 module, prompt lookup in ``device_lookup.py``, their hybrid, the benchmark oracle),
@@ -589,7 +589,7 @@ class DeviceCycle:
             return k
         self.per_launch = k
         if self.graphs:
-            modes = sorted({key for key in self.graphs}, key=lambda key: -key[0])
+            modes = sorted(self.graphs, key=lambda key: -key[0])
             self.graphs.clear()
             for P, mode in modes:
                 self._capture(P, mode)
