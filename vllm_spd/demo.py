@@ -38,6 +38,32 @@ def _run(model: str, spec: dict | None, max_tokens: int):
     return result, seconds, metrics
 
 
+MEASURED = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "decode_speed_n{n}_h200.json")
+
+
+def measured_line(n: int, alpha: float, path: str | None = None) -> str | None:
+    """The GPU decode this checkout measured at n stages nearest ``alpha``, with the draft
+    module's cost priced in (``oracle+pdm_priced`` rows), beside plain TP=1 and TP=n at
+    batch 1; None where no such run is on record."""
+    import json
+
+    path = path or MEASURED.format(n=n)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        run = json.load(f)
+    rows = [r for r in run["rows"] if r.get("batch") == 1]
+    spd = [r for r in rows if r["system"] == "spd" and r.get("drafter") == "oracle+pdm_priced"]
+    plain = {r["system"]: r["out_tok_s"] for r in rows if r["system"] in ("tp1", "tpn")}
+    if not spd or len(plain) < 2:
+        return None
+    r = min(spd, key=lambda r: abs(r["measured_alpha"] - alpha))
+    return (f"measured on {run['hardware']} ({os.path.basename(path)}, Qwen3-8B shape, batch 1): SPD at "
+            f"alpha {r['measured_alpha']:.2f} with the draft module's cost {r['out_tok_s']:.0f} tok/s, plain "
+            f"TP=1 {plain['tp1']:.0f} ({r['out_tok_s'] / plain['tp1']:.2f}x), TP={n} {plain['tpn']:.0f} "
+            f"({r['out_tok_s'] / plain['tpn']:.2f}x)")
+
+
 def main(argv=None) -> int:
     for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
                        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}.items():
@@ -76,6 +102,8 @@ def main(argv=None) -> int:
     print(f"drafted by {drafter}")
     print(f"SPD per-draft acceptance alpha = {alpha:.3f} ({int(accepted)}/{int(drafts)} drafts); "
           f"ideal speedup on {n} GPUs n/(1+(n-1)(1-alpha)) = {n / (1 + (n - 1) * (1 - alpha)):.2f}")
+    measured = measured_line(n, alpha)
+    print(measured or f"no GPU decode with n={n} and a priced draft module is on record in this checkout")
     if not head:
         print("  Prompt lookup only proposes tokens the text already holds, so on chat answers most of its\n"
               "  drafts miss. A trained draft head accepts far more: `make head` trains one for this model\n"
