@@ -33,12 +33,13 @@ invent() {  # invent OUT SEED OPENERS
 }
 
 [ -s "$data/prompts.jsonl" ] || python3 -m vllm_spd.train.prompts --out "$data/prompts.jsonl" --num 3863 --seed 0
+# engines start 5 s apart: an engine's start-up memory profile counts the others' growth
 answer prompts.jsonl generated.jsonl 0 0 &
-answer prompts.jsonl generated_t1.jsonl 1 0.8 &
-answer prompts.jsonl generated_t2.jsonl 2 0.8 &
-(invent steered.jsonl 300000 builtin && answer steered.jsonl generated_steered.jsonl 0 0) &
-(invent steered2.jsonl 400000 builtin && answer steered2.jsonl generated_steered2.jsonl 0 0) &
-(invent invented.jsonl 100000 none && answer invented.jsonl generated_inv.jsonl 0 0) &
+sleep 5; answer prompts.jsonl generated_t1.jsonl 1 0.8 &
+sleep 5; answer prompts.jsonl generated_t2.jsonl 2 0.8 &
+sleep 5; (invent steered.jsonl 300000 builtin && answer steered.jsonl generated_steered.jsonl 0 0) &
+sleep 5; (invent invented.jsonl 100000 none && answer invented.jsonl generated_inv.jsonl 0 0) &
+sleep 5; (invent steered2.jsonl 400000 builtin && answer steered2.jsonl generated_steered2.jsonl 0 0) &
 wait
 for f in generated generated_t1 generated_t2 generated_steered generated_steered2 generated_inv; do
   [ -s "$data/$f.jsonl" ] || { echo "head_default: $f.jsonl was not made, see $data/logs/" >&2; exit 1; }
@@ -57,6 +58,6 @@ accept() {  # accept NAME ARGS...
     --out "$out/acceptance_$name.json" "$@"
 }
 accept int8 --temperature 0 1 &
-accept int8_hybrid --drafter hybrid --temperature 0 &
+sleep 5; accept int8_hybrid --drafter hybrid --temperature 0 &
 wait
 echo "head: $out/s4_int8"
