@@ -73,7 +73,7 @@ class DeviceCycle:
         self.cycles_per_step = cfg.cycles_per_step
         #: cycles one launch runs (one graph holds them); a step's cycles past its whole
         #: launches run one per launch
-        self.per_launch = min(envs.cycles_per_graph(), self.cycles_per_step)
+        self.per_launch = self._launch_size(envs.cycles_per_graph())
         self.on_gpu = runner.device.type == "cuda"
         #: pipeline ranks: this rank's link, its stage and whether it is the controller
         #: (which drafts and verifies); one worker: no link, every stage, the controller
@@ -581,10 +581,14 @@ class DeviceCycle:
         self.graphs[(P, mode)] = graphs
         return graphs
 
+    def _launch_size(self, k: int) -> int:
+        """``k`` cycles per launch as taken: 1 to ``cycles_per_step``."""
+        return max(1, min(k, self.cycles_per_step))
+
     def set_cycles_per_graph(self, k: int) -> int:
         """Launch ``k`` cycles per graph from now on (at most ``cycles_per_step``),
         capturing the graphs again where it changes; returns the value taken."""
-        k = max(1, min(k, self.cycles_per_step))
+        k = self._launch_size(k)
         if k == self.per_launch:
             return k
         self.per_launch = k
