@@ -447,9 +447,12 @@ def print_table(rows: list[dict]) -> None:
             print(f"{'':8s}host {t['host_us_per_cycle']} us/cycle, device {t['device_ms_per_cycle']} ms/cycle, "
                   f"idle {t['idle_us_between_cycles']} us between cycles, {t.get('idle_us_between_steps')} us "
                   f"between steps; output = plain: {r['output_matches_plain']}")
-            phases = t.get("step_load_phases_us")
-            if phases:
-                print(f"{'':8s}step load {t['step_load_us']} us: " + ", ".join(f"{k} {v}" for k, v in phases.items()))
+            for kind in ("full", "resident"):
+                phases = t.get(f"step_load_phases_{kind}_us")
+                if phases:
+                    count = t["resident_steps"] if kind == "resident" else t["steps"] - t["resident_steps"]
+                    print(f"{'':8s}step load, {kind} ({count} steps): {t[f'step_load_{kind}_us']} us: "
+                          + ", ".join(f"{k} {v}" for k, v in phases.items()))
         for rank, split in enumerate(r.get("cycle_split") or []):
             parts = " ".join(f"{k}={v:.3f}" for k, v in split["ms_per_cycle"].items())
             print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")

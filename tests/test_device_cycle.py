@@ -151,6 +151,43 @@ def test_device_cycle_hybrid_matches_plain_and_host_cycle(predictable, tmp_path,
     both_cycles(target, spec, sp, reference, monkeypatch)
 
 
+def _resident_steps(worker):
+    return worker.model_runner.spd_device.resident_steps
+
+
+def test_resident_rows_survive_batch_changes_and_the_host_cycle(predictable, tmp_path):
+    """Rows stay on the device from step to step while the batch holds the same requests,
+    and go back to the host whenever it changes: two requests at a time (``max_num_seqs``
+    2), six cycles a step, hybrid drafting (the draft module's anchors and prompt lookup's
+    history stay resident too). A finishes and C joins, whose logprobs take the host cycle
+    for B and C (B's state must come back from the device first); C finishes and D joins
+    (the device cycle loads B again); B finishes and D goes on alone. Every output equals
+    plain vLLM's, and steps found their rows resident."""
+    from vllm import LLM, SamplingParams
+
+    from spd_models import mirror_head
+
+    target, reference = predictable
+    head = mirror_head(target, 3, str(tmp_path / "head"), context=0.05)
+    lengths = [10, MAX_TOKENS, 16, 30]
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, logprobs=1 if i == 2 else None)
+              for i, m in enumerate(lengths)]
+    spec = {"method": "spd", "num_stages": 3, "model": head, "drafter": "hybrid", "hybrid_min_match": 1,
+            "cycles_per_step": 6}
+    llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=512, seed=0, max_num_seqs=2,
+              speculative_config=spec)
+    try:
+        outs = llm.generate(PROMPTS[:4], params, use_tqdm=False)
+        got = [list(o.outputs[0].token_ids) for o in outs]
+        assert got == [ref[:m] for ref, m in zip(reference[:4], lengths)]
+        assert outs[2].outputs[0].logprobs and outs[0].outputs[0].logprobs is None
+        assert llm.collective_rpc(_resident_steps)[0] >= 5
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
 def _cycles_run(worker):
     return worker.model_runner.spd_device.cycles_run
 
@@ -369,7 +406,8 @@ def test_timing_summary_counts_cycles_per_launch(monkeypatch):
     """``set_timing``'s summary from recorded launches (CUDA events stood in for): two
     steps, the first of two launches of four cycles and one single cycle, the second of
     one launch of four; per-cycle GPU and launch times divide by each launch's cycles,
-    idle times split between and within steps, and the load's phases are medians."""
+    idle times split between and within steps, and the load's time and phases are medians,
+    for whole-batch loads and steps over resident rows apart."""
     import torch
 
     from vllm_spd.device_cycle import LOAD_PHASES, DeviceCycle
@@ -387,13 +425,15 @@ def test_timing_summary_counts_cycles_per_launch(monkeypatch):
     # launches: [0, 8) 4 cycles, [8.002, 10.002) 1 cycle, next step [12, 20) 4 cycles
     cycle._events = [(Event(0.0), Event(8.0)), (Event(8.002), Event(10.002)), (Event(12.0), Event(20.0))]
     cycle.samples = {"launch_us": [40.0, 10.0, 44.0], "launch_cycles": [4, 1, 4], "step_host_us": [900.0, 700.0],
-                     "step_load_us": [600.0, 500.0], "step_launches": [2, 1],
-                     "load_phases_us": [[1, 2, 3, 4, 5, 6], [3, 4, 5, 6, 7, 8]]}
+                     "step_load_us": [600.0, 100.0], "step_launches": [2, 1], "step_resident": [0, 1],
+                     "load_phases_us": [[1, 2, 3, 4, 5, 6], [3, 1, 0, 0, 2, 1]]}
     out = cycle.set_timing(False)
     assert out["cycles"] == 9 and out["steps"] == 2 and out["cycles_per_graph"] == 4
     assert out["device_ms_per_cycle"] == 2.0 and out["launch_us_per_cycle"] == 10.0
     assert out["host_us_per_cycle"] == round((94.0 + 1600.0) / 9, 2)
     assert out["idle_us_between_cycles"] == 2.0 and out["idle_us_between_steps"] == 1998.0
-    assert out["step_load_us"] == 550.0
-    assert out["step_load_phases_us"] == dict(zip(LOAD_PHASES, [2, 3, 4, 5, 6, 7]))
+    assert out["step_load_us"] == 350.0 and out["resident_steps"] == 1
+    assert out["step_load_full_us"] == 600.0 and out["step_load_resident_us"] == 100.0
+    assert out["step_load_phases_full_us"] == dict(zip(LOAD_PHASES, [1, 2, 3, 4, 5, 6]))
+    assert out["step_load_phases_resident_us"] == dict(zip(LOAD_PHASES, [3, 1, 0, 0, 2, 1]))
     assert cycle.timing is False and cycle.samples["launch_us"] == []

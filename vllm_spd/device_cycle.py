@@ -1,9 +1,13 @@
 """The SPD cycle on the device, for all stages in one worker.
 
-One engine step loads the batch's windows once into a :class:`CycleState` (with each
-in-flight token's hidden state by depth, its anchors, and the oracle's proposals), then
-launches ``cycles_per_step`` cycles back to back with no host work or wait between
-them, and reads the committed ring once at the end. A cycle is a fixed-shape program:
+One engine step launches ``cycles_per_step`` cycles back to back with no host work or
+wait between them, and reads the committed ring once at the end. The batch's windows
+(with each in-flight token's hidden state by depth, its anchors) are loaded into a
+:class:`CycleState` when the batch changes; while the same requests decode step after
+step in the same rows, their state stays *resident* on the device, and a step loads only
+its limits (budget, KV room, block table). Resident rows are stored back into the
+host-side state (:meth:`DeviceCycle.flush`) before anything else reads it: a step over
+other rows, the host-driven cycle, a capture. A cycle is a fixed-shape program:
 
 - each stage, last first, runs its layer slice on the token of its depth in every row
   (the hops are device-to-device copies between depth slots); a row with nothing at
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -57,10 +62,12 @@ STOP_SLOTS = 16
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
 #: What ``set_timing`` collects: per launch its host time and its cycles; per step its
 #: host time, the load's share of it, the load's phases (``LOAD_PHASES``) and its launches.
-TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "load_phases_us", "step_launches")
+TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "load_phases_us", "step_launches",
+                  "step_resident")
 #: The load's phases, in order: the rows built on the host (each drafter's too), the cycle
 #: state's copies, the draft module's anchors, the carried hidden states, the block table,
-#: the drafter's copies.
+#: the drafter's copies (a step over resident rows skips the draft module's and the
+#: carried hidden states', and the block table's while no row gained a block).
 LOAD_PHASES = ("rows", "state", "draft_module", "carried", "block_table", "drafter")
 
 
@@ -127,6 +134,10 @@ class DeviceCycle:
         #: (padded batch, stage) -> that stage's attention metadata, slot mappings and schedule
         self.meta: dict[tuple[int, int], tuple[dict, dict, list]] = {}
         self.steps = 0
+        #: the rows whose state stayed on the device after the last step (None: none)
+        self._resident: Resident | None = None
+        #: steps that found their rows resident (loaded only their limits)
+        self.resident_steps = 0
         #: cycles launched over all steps
         self.cycles_run = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
@@ -183,6 +194,10 @@ class DeviceCycle:
         B = len(reqs)
         P = self.padded(B)
         mode = self.mode(reqs)
+        res = self._resident
+        resident = res is not None and res.holds(reqs, P, mode)
+        if not resident:
+            self.flush()
         graphs = self.graphs.get((P, mode))
         if graphs is None and self.graphs:
             # Captured for another mode (drafting, sampling): capture this one first, as
@@ -191,7 +206,12 @@ class DeviceCycle:
         t0 = time.perf_counter()
         if self.link is not None:
             self.link.wait_sends()   # prefill's rows, sent before this step
-        cycles = self._load(work, reqs, P, self.drafters.get(mode[0]))
+        drafter = self.drafters.get(mode[0])
+        if resident:
+            cycles, blocks = self._reload(work, reqs, res, drafter)
+            self.resident_steps += 1
+        else:
+            cycles, blocks = self._load(work, reqs, P, drafter)
         host = time.perf_counter() - t0
         timed = self.timing and graphs is not None
         self.cycles_run += cycles
@@ -211,38 +231,110 @@ class DeviceCycle:
                                       st.accepted, st.pending], 1)[:B]], 1)
         out = out.cpu()               # the step's one read: waits for the device
         t0 = time.perf_counter()      # host time from here on is the step's read-back
-        snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
-        anchors = qs = det = None
-        if self.drafts is not None:
-            anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone()
-            if len(mode) > 1:
-                qs = self.drafts.proposals[: B * self.drafts.ring].clone()
-                det = self.drafts.deterministic[: B * self.drafts.ring].tolist()
-        W, K = self.n + 1, self.cycles_per_step
+        res = Resident(reqs, P, mode, [Row.parse(r, self.n + 1, self.cycles_per_step) for r in out.tolist()],
+                       blocks)
         committed = {}
-        for b, ((idx, req_id, _), req) in enumerate(zip(work, reqs)):
-            row = out[b].tolist()
-            tok, depth, ring, tail = row[:W], row[W:2 * W], row[2 * W:2 * W + K], row[2 * W + K:]
-            head, wlen, committed_len, ring_len, cycles, verified, accepted, pending = tail
-            self._store(req, snap, b, tok, depth, head, wlen, committed_len)
-            if anchors is not None:
-                self.drafts.store(req, b, anchors, bool(pending), qs if not req.sampling.greedy else None, det)
-            kept = runner._spd_commit(idx, req, ring[:ring_len])
-            if len(kept) != ring_len:
-                raise RuntimeError(f"spd: the device gate committed {ring_len} tokens for request {req_id}, "
+        for (idx, req_id, _), req, row in zip(work, reqs, res.rows):
+            kept = runner._spd_commit(idx, req, row.ring[:row.ring_len])
+            if len(kept) != row.ring_len:
+                raise RuntimeError(f"spd: the device gate committed {row.ring_len} tokens for request {req_id}, "
                                    f"the host gate {len(kept)}")
             committed[req_id] = kept
-            stats[req_id] = StepStats(cycles, verified, accepted, ring_len)
+            stats[req_id] = StepStats(row.cycles, row.verified, row.accepted, row.ring_len)
+        # The rows' windows, hidden states and anchors stay on the device until ``flush``.
+        self._resident = res
         self.steps += 1
         if timed:
             self.samples["step_host_us"].append(1e6 * (host + time.perf_counter() - t0))
             self.samples["step_load_us"].append(1e6 * host)
             self.samples["step_launches"].append(len(launches))
+            self.samples["step_resident"].append(int(resident))
+            self.samples["load_phases_us"].append(self._phases)
         return committed
 
-    def _load(self, work, reqs, P, drafter) -> int:
+    def flush(self) -> None:
+        """Store the resident rows' state (windows, carried hidden states, anchors,
+        sampled drafts' proposals) back into their requests' host-side state, which is
+        the reference again from here on. A request that finished or was preempted
+        since is skipped."""
+        res, self._resident = self._resident, None
+        if res is None:
+            return
+        B = len(res.reqs)
+        snap = torch.stack([self.hidden[:, :B], self.residual[:, :B]]).clone()
+        anchors = qs = det = None
+        if self.drafts is not None:
+            anchors = self.drafts.anchors[:, : B * self.drafts.ring].clone()
+            if len(res.mode) > 1:
+                qs = self.drafts.proposals[: B * self.drafts.ring].clone()
+                det = self.drafts.deterministic[: B * self.drafts.ring].tolist()
+        tracked = self.runner.spd_requests
+        for b, (req, row) in enumerate(zip(res.reqs, res.rows)):
+            if tracked.get(req.req_id) is not req:
+                continue
+            self._store(req, snap, b, row)
+            if anchors is not None:
+                self.drafts.store(req, b, anchors, bool(row.pending), qs if not req.sampling.greedy else None, det)
+
+    def _step_limits(self, idx: int, req_id: str, num_sched: int, req, oldest_depth: int) -> tuple[int, int, int]:
+        """A row's ``(limit, budget, cycles)`` this step: the first position without a KV
+        slot, the most tokens it may commit, and the cycles it takes to commit them with
+        every draft accepted (the oldest in-flight token's remaining stages, then one
+        commit a cycle; 0 when it commits nothing)."""
+        runner = self.runner
+        blocks = len(runner.requests[req_id].block_ids[0])
+        limit = min(runner.max_model_len, blocks * self.block_size)
+        room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
+        g = req.gate
+        budget = min(num_sched, max(room, 0))
+        commits = 0 if g.stopped else min(budget, g.max_tokens - g.num_output)
+        cycles = max(1, self.n - oldest_depth) + commits - 1 if commits > 0 else 0
+        return limit, budget, cycles
+
+    def _block_counts(self, work) -> list[int]:
+        return [len(self.runner.requests[req_id].block_ids[0]) for _, req_id, _ in work]
+
+    def _load_block_table(self, work, P: int) -> None:
+        B = len(work)
+        table = self.runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
+        self.block_table[:B].copy_(table, non_blocking=True)
+        self.block_table[B:P].zero_()
+
+    def _reload(self, work, reqs, res: "Resident", drafter) -> tuple[int, list[int]]:
+        """A step over the resident rows: only what changes between steps (each row's
+        limit and budget, the step's counters, the block table where a row gained a
+        block, the drafter's per-step inputs). Returns the cycles to launch and the
+        rows' block counts."""
+        st = self.state
+        B = len(reqs)
+        marks = [time.perf_counter()]
+        limits, budgets, cycles = [], [], 0
+        for b, ((idx, req_id, num_sched), req, row) in enumerate(zip(work, reqs, res.rows)):
+            limit, budget, c = self._step_limits(idx, req_id, num_sched, req, max(row.depth[:row.wlen]))
+            limits.append(limit)
+            budgets.append(budget)
+            cycles = max(cycles, c)
+            if drafter is not None:
+                drafter.load_row(b, req, self.runner.requests[req_id], row.head)
+        marks.append(time.perf_counter())
+        zeros = torch.zeros(st.real.shape[0], dtype=torch.int64)
+        load_packed([(st.limit[:B], torch.tensor(limits, dtype=torch.int64)),
+                     (st.budget[:B], torch.tensor(budgets, dtype=torch.int64))]
+                    + [(getattr(st, name), zeros) for name in ("ring_len", "cycles", "verified", "accepted")])
+        marks += [time.perf_counter()] * 3
+        blocks = self._block_counts(work)
+        if blocks != res.blocks:
+            self._load_block_table(work, res.P)
+        marks.append(time.perf_counter())
+        if drafter is not None:
+            drafter.load_done(B, work, resident=True)
+        marks.append(time.perf_counter())
+        self._phases = [1e6 * (b - a) for a, b in zip(marks, marks[1:])]
+        return min(self.cycles_per_step, cycles), blocks
+
+    def _load(self, work, reqs, P, drafter) -> tuple[int, list[int]]:
         """The batch's windows, gates, step limits and carried hidden states into the
-        state; returns how many cycles to launch."""
+        state; returns how many cycles to launch and the rows' block counts."""
         runner = self.runner
         st, n, W = self.state, self.n, self.n + 1
         S, M = st.stop_ids.shape[1], st.mask_ids.shape[1]
@@ -258,15 +350,9 @@ class DeviceCycle:
             state = runner.requests[req_id]
             stop = sorted(req.gate.stop_ids)      # at most STOP_SLOTS each (``serves``)
             mask = sorted(req.gate.mask_ids)
-            blocks = len(state.block_ids[0])
-            limit = min(runner.max_model_len, blocks * self.block_size)
-            room = runner.max_model_len - int(runner.input_batch.num_tokens_no_spec[idx])
             g = req.gate
-            budget = min(num_sched, max(room, 0))
-            commits = 0 if g.stopped else min(budget, g.max_tokens - g.num_output)
-            if commits > 0:
-                # with every draft accepted: the oldest token's remaining stages, then one commit a cycle
-                cycles = max(cycles, max(1, n - max(e.depth for e in win)) + commits - 1)
+            limit, budget, c = self._step_limits(idx, req_id, num_sched, req, max(e.depth for e in win))
+            cycles = max(cycles, c)
             rows.append([e.token for e in win] + [0] * (W - len(win))
                         + [e.depth for e in win] + [0] * (W - len(win))
                         + stop + [-1] * (S - len(stop))
@@ -288,7 +374,7 @@ class DeviceCycle:
                                    f"its window ({win[-1].pos})")
             pending.append(int(req.pending is not None))
             if drafter is not None:
-                drafter.load_row(b, req, state)
+                drafter.load_row(b, req, state, win[0].pos)
         dev = self.hidden.device
         B = len(reqs)
         marks.append(time.perf_counter())
@@ -325,27 +411,25 @@ class DeviceCycle:
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
             self.residual[ix[:, 1], ix[:, 0]] = torch.stack(res).to(self.residual.dtype)
         marks.append(time.perf_counter())
-        table = runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
-        self.block_table[:B].copy_(table, non_blocking=True)
-        self.block_table[B:P].zero_()
+        blocks = self._block_counts(work)
+        self._load_block_table(work, P)
         marks.append(time.perf_counter())
         if drafter is not None:
-            drafter.load_done(B, work)
+            drafter.load_done(B, work, resident=False)
         marks.append(time.perf_counter())
-        if self.timing:
-            self.samples["load_phases_us"].append([1e6 * (b - a) for a, b in zip(marks, marks[1:])])
+        self._phases = [1e6 * (b - a) for a, b in zip(marks, marks[1:])]
         # Cycles to launch: as many as the row that needs most takes to commit its share
         # of the step with every draft accepted, so none is launched after the last
         # commit a request can make (at a request's end n of them were, each a whole
         # cycle of GPU work); a row short of its budget after a rejection goes on next step.
-        return min(self.cycles_per_step, cycles)
+        return min(self.cycles_per_step, cycles), blocks
 
-    def _store(self, req, snap, b, tok, depth, head, wlen, committed_len) -> None:
+    def _store(self, req, snap, b, row: "Row") -> None:
         """The row's window and carried hidden states back into the request's state."""
         from vllm_spd.pipeline import InFlight
 
-        req.pipe.window = [InFlight(head - j, tok[j], depth[j]) for j in range(wlen)]
-        req.pipe.committed_len = committed_len
+        req.pipe.window = [InFlight(row.head - j, row.tok[j], row.depth[j]) for j in range(row.wlen)]
+        req.pipe.committed_len = row.committed_len
         req.carry = {e.pos: (snap[0, e.depth, b], snap[1, e.depth, b])
                      for e in req.pipe.window if 1 <= e.depth <= self.n}
         req.anchors.clear()
@@ -593,6 +677,7 @@ class DeviceCycle:
             return k
         self.per_launch = k
         if self.graphs:
+            self.flush()   # capturing runs cycles over the buffers that hold the resident rows
             modes = sorted(self.graphs, key=lambda key: -key[0])
             self.graphs.clear()
             for P, mode in modes:
@@ -609,6 +694,18 @@ class DeviceCycle:
         self.samples["launch_us"].append(1e6 * (time.perf_counter() - t0))
         self.samples["launch_cycles"].append(cycles)
         self._events.append((start, end))
+
+    def _load_summary(self) -> dict:
+        """The load's host time and its phases (medians), for steps that loaded the
+        whole batch (``full``) and steps over resident rows (``resident``) apart."""
+        out = {}
+        for kind, flag in (("full", 0), ("resident", 1)):
+            picked = [i for i, r in enumerate(self.samples["step_resident"]) if r == flag]
+            phases = [self.samples["load_phases_us"][i] for i in picked]
+            out[f"step_load_{kind}_us"] = _median_or_none([self.samples["step_load_us"][i] for i in picked])
+            out[f"step_load_phases_{kind}_us"] = (
+                {name: _median_or_none(list(p)) for name, p in zip(LOAD_PHASES, zip(*phases))} if phases else None)
+        return out
 
     def set_timing(self, on: bool) -> dict:
         """Switch per-cycle timing on or off; returns what was measured since it was last
@@ -645,8 +742,8 @@ class DeviceCycle:
                        us / c for us, c in zip(self.samples["launch_us"], per)), 2),
                    "step_host_us": round(statistics.median(self.samples["step_host_us"]), 1),
                    "step_load_us": round(statistics.median(self.samples["step_load_us"]), 1),
-                   "step_load_phases_us": {name: round(statistics.median(phase), 1) for name, phase in
-                                           zip(LOAD_PHASES, zip(*self.samples["load_phases_us"]))},
+                   "resident_steps": sum(self.samples["step_resident"]),
+                   **self._load_summary(),
                    "device_ms_per_cycle": round(statistics.median(dev), 4),
                    "idle_us_between_cycles": round(statistics.median(idle), 2) if idle else None,
                    "idle_us_between_cycles_p90": round(sorted(idle)[int(0.9 * (len(idle) - 1))], 2) if idle else None,
@@ -655,6 +752,51 @@ class DeviceCycle:
         self._events = []
         self.samples = {key: [] for key in TIMING_SAMPLES}
         return out
+
+
+@dataclass
+class Row:
+    """One row of a step's read-back: its window (``tok``, ``depth``, newest first),
+    the tokens it committed (``ring``), and its counters."""
+    tok: list[int]
+    depth: list[int]
+    ring: list[int]
+    head: int
+    wlen: int
+    committed_len: int
+    ring_len: int
+    cycles: int
+    verified: int
+    accepted: int
+    pending: int
+
+    @classmethod
+    def parse(cls, values: list[int], width: int, ring: int) -> "Row":
+        w, r = width, ring
+        return cls(values[:w], values[w:2 * w], values[2 * w:2 * w + r], *values[2 * w + r:])
+
+
+@dataclass
+class Resident:
+    """The rows left on the device by the last step: its requests in row order, its
+    padded batch and mode, what it read back, and each row's block count then."""
+    reqs: list
+    P: int
+    mode: tuple
+    rows: list[Row]
+    blocks: list[int]
+
+    def holds(self, reqs, P: int, mode: tuple) -> bool:
+        """Whether a step over ``reqs`` finds their state here: the same requests (the
+        same objects: a preempted and resumed request is a new one) in the same rows."""
+        return (P == self.P and mode == self.mode and len(reqs) == len(self.reqs)
+                and all(a is b for a, b in zip(reqs, self.reqs)))
+
+
+def _median_or_none(values: list) -> float | None:
+    import statistics
+
+    return round(statistics.median(values), 1) if values else None
 
 
 def load_packed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -4,7 +4,8 @@ lookup, the draft module and their hybrid.
 A :class:`DeviceDrafter` takes part in an engine step at four points:
 
 - on the host, it takes each row's inputs (``load_row``) and moves them onto the device
-  once per step (``load_done``);
+  once per step (``load_done``); over resident rows (``DeviceCycle``: the same requests
+  as the last step, their state left on the device) only what changes between steps;
 - in every cycle, before the stages run, it proposes each row's next draft (``propose``);
 - after the cycle's commit it records what entered the window (``committed``);
 - for a batch with sampled requests it tells verification which distribution each draft
@@ -12,7 +13,8 @@ A :class:`DeviceDrafter` takes part in an engine step at four points:
   proposal (q one-hot at the draft).
 
 The draft module's anchor rings (``device_draft.DeviceDrafts``) are not a drafter's:
-the stages write them, and each step loads and stores them, whenever the module runs.
+the stages write them whenever the module runs, and they are loaded and stored with the
+rest of the rows' state.
 Only the controller drafts; one drafter serves each ``drafting`` of
 ``DeviceCycle.drafting``.
 """
@@ -29,11 +31,13 @@ class DeviceDrafter:
     def __init__(self, cycle):
         self.cycle = cycle
 
-    def load_row(self, b: int, req, state) -> None:
-        """Row ``b``'s inputs on the host (``req``: SPD's request, ``state``: vLLM's)."""
+    def load_row(self, b: int, req, state, head: int) -> None:
+        """Row ``b``'s inputs on the host (``req``: SPD's request, ``state``: vLLM's,
+        ``head``: the position of its newest in-flight token)."""
 
-    def load_done(self, B: int, work) -> None:
-        """The step's rows onto the device, after the cycle state is loaded."""
+    def load_done(self, B: int, work, resident: bool) -> None:
+        """The step's rows onto the device, after the cycle state is loaded;
+        ``resident``: the rows are the last step's, with their device state kept."""
 
     def propose(self, part, live, warp) -> torch.Tensor:
         """Draft ids [P] for the position after each row's newest token."""
@@ -70,12 +74,12 @@ class OracleDrafter(DeviceDrafter):
         self.base = torch.zeros(P, dtype=torch.int64, device=dev)
         self._rows: list = []
 
-    def load_row(self, b, req, state):
-        base = req.pipe.window[0].pos + 1 - self.cycle.n
+    def load_row(self, b, req, state, head):
+        base = head + 1 - self.cycle.n
         proposer = self.cycle.runner.spd_drafter.proposer
         self._rows.append((proposer.proposals(state.prompt_token_ids, base, self.span), base))
 
-    def load_done(self, B, work):
+    def load_done(self, B, work, resident):
         rows, self._rows = self._rows, []
         if rows:
             self.tokens[:B].copy_(torch.tensor([t for t, _ in rows]), non_blocking=True)
@@ -96,7 +100,9 @@ class LookupDrafter(DeviceDrafter):
         super().__init__(cycle)
         self.lookup = lookup
 
-    def load_done(self, B, work):
+    def load_done(self, B, work, resident):
+        if resident:   # the history holds every position up to each row's newest token already
+            return
         runner = self.cycle.runner
         idxs = [idx for idx, _, _ in work]
         width = max(int(runner.input_batch.num_tokens_no_spec[idx]) for idx in idxs)

@@ -515,8 +515,10 @@ class SPDRunnerMixin:
     # -- decode cycles -----------------------------------------------------------------
     def _spd_decode(self, work, stats) -> dict[str, list[int]]:
         device = self._spd_device_cycle()
-        if device is not None and device.serves([self.spd_requests[r] for _, r, _ in work]):
-            return device.run_step(work, stats)
+        if device is not None:
+            if device.serves([self.spd_requests[r] for _, r, _ in work]):
+                return device.run_step(work, stats)
+            device.flush()   # the host cycle reads the requests' state on the host
         committed = {req_id: [] for _, req_id, _ in work}
         budget = {}
         limit = {}
