@@ -22,7 +22,7 @@ DEFAULT_INPUTS = [
     f"{HERE}/results/decode_speed_n2_h200_lag1.json",
     f"{HERE}/results/decode_speed_n2_h200_early.json:controller broadcasts before its stage (earlier code)",
     f"{HERE}/results/decode_speed_n4_h200.json",
-    f"{HERE}/results/decode_speed_1gpu_h100.json",
+    f"{HERE}/results/decode_speed_1gpu_h100_resident.json",
 ]
 BASELINES = {"tp1": ("plain vLLM TP=1", ":"), "tpn": ("plain vLLM TP={n}", "--"), "ppn": ("plain vLLM PP={n}", "-.")}
 
@@ -41,7 +41,8 @@ def load(specs: list[str], batch: int):
                 continue
             if row["system"] in BASELINES:
                 panels[key]["base"].setdefault(row["system"], row["out_tok_s"])
-            elif row["system"] == "spd1" and row.get("drafter") == "oracle" and row.get("cycle") == "device":
+            elif (row["system"] == "spd1" and row.get("drafter") == "oracle" and row.get("cycle") == "device"
+                  and (row.get("cycles_per_graph") or 1) == 1):
                 name = f"SPD n={row['num_stages']}, all stages on one GPU (device cycle)"
                 if label:
                     name += f", {label}"

@@ -39,6 +39,9 @@ import torch
 from vllm_spd.kernels.backend import FusedKernel
 
 I64 = torch.int64
+#: The fields an engine step sets (``limit``, ``budget``) or resets (the rest): rows of one
+#: contiguous ``[len(STEP_FIELDS), B]`` block, ``CycleState.step_block``, loaded by one copy.
+STEP_FIELDS = ("limit", "budget", "ring_len", "cycles", "verified", "accepted")
 #: the fused commit step; the torch code of ``CycleState.advance`` serves if it fails to build
 _ADVANCE = FusedKernel("cycle bookkeeping")
 
@@ -74,6 +77,9 @@ class CycleState:
             return torch.zeros(*shape, dtype=I64, device=device)
 
         st = cls(**{f.name: z(batch) for f in fields(cls)})
+        st.step_block = z(len(STEP_FIELDS), batch)
+        for i, name in enumerate(STEP_FIELDS):
+            setattr(st, name, st.step_block[i])
         st.tok, st.depth = z(batch, num_stages + 1), z(batch, num_stages + 1)
         st.stop_ids = torch.full((batch, stop_slots), -1, dtype=I64, device=device)
         st.mask_ids = z(batch, mask_slots)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_spd import envs
-from vllm_spd.cycle_state import CycleState
+from vllm_spd.cycle_state import STEP_FIELDS, CycleState
 from vllm_spd.stage_plan import StagePlan, plan_stages
 
 logger = logging.getLogger("vllm_spd")
@@ -100,6 +100,12 @@ class DeviceCycle:
         blocks = runner.input_batch.block_table[0].get_cpu_tensor().shape[1]
         self.block_size = runner.cache_config.block_size
         self.block_table = torch.zeros(P, blocks, dtype=torch.int32, device=dev)
+        #: host staging (pinned on a GPU, so a copy neither waits for the device nor
+        #: stages through pageable memory) of what every step loads: the cycle state's
+        #: per-step block and the block table's rows
+        pin = self.on_gpu
+        self._step_host = torch.zeros(len(STEP_FIELDS), P, dtype=torch.int64, pin_memory=pin)
+        self._table_host = torch.zeros(P, blocks, dtype=torch.int32, pin_memory=pin)
         self.query_start_loc = torch.arange(P + 1, dtype=torch.int32, device=dev)
         #: what each stage runs every cycle, and its attention rows (one fused launch per cycle)
         self.plan = StagePlan.allocate(self.n, P, dev)
@@ -295,32 +301,38 @@ class DeviceCycle:
         return [len(self.runner.requests[req_id].block_ids[0]) for _, req_id, _ in work]
 
     def _load_block_table(self, work, P: int) -> None:
+        """The rows' block tables (padding rows: zeros), through the pinned stage."""
         B = len(work)
-        table = self.runner.input_batch.block_table[0].get_cpu_tensor()[[idx for idx, _, _ in work]]
-        self.block_table[:B].copy_(table, non_blocking=True)
-        self.block_table[B:P].zero_()
+        stage = self._table_host[:P]
+        rows = torch.tensor([idx for idx, _, _ in work], dtype=torch.int64)
+        torch.index_select(self.runner.input_batch.block_table[0].get_cpu_tensor(), 0, rows, out=stage[:B])
+        stage[B:].zero_()
+        self.block_table[:P].copy_(stage, non_blocking=True)
+
+    def _load_step(self, limits: list[int], budgets: list[int]) -> None:
+        """The cycle state's per-step block in one copy: each row's ``limit`` and
+        ``budget``, the step's counters zeroed (padding rows: all zero)."""
+        host = self._step_host.numpy()
+        host.fill(0)
+        B = len(limits)
+        host[STEP_FIELDS.index("limit"), :B] = limits
+        host[STEP_FIELDS.index("budget"), :B] = budgets
+        self.state.step_block.copy_(self._step_host, non_blocking=True)
 
     def _reload(self, work, reqs, res: "Resident", drafter) -> tuple[int, list[int]]:
-        """A step over the resident rows: only what changes between steps (each row's
-        limit and budget, the step's counters, the block table where a row gained a
-        block, the drafter's per-step inputs). Returns the cycles to launch and the
-        rows' block counts."""
-        st = self.state
+        """A step over the resident rows: only what changes between steps, each row's
+        limit and budget and the step's counters in one copy, and the block table where
+        a row gained a block. Returns the cycles to launch and the rows' block counts."""
         B = len(reqs)
         marks = [time.perf_counter()]
         limits, budgets, cycles = [], [], 0
-        for b, ((idx, req_id, num_sched), req, row) in enumerate(zip(work, reqs, res.rows)):
+        for (idx, req_id, num_sched), req, row in zip(work, reqs, res.rows):
             limit, budget, c = self._step_limits(idx, req_id, num_sched, req, max(row.depth[:row.wlen]))
             limits.append(limit)
             budgets.append(budget)
             cycles = max(cycles, c)
-            if drafter is not None:
-                drafter.load_row(b, req, self.runner.requests[req_id], row.head)
         marks.append(time.perf_counter())
-        zeros = torch.zeros(st.real.shape[0], dtype=torch.int64)
-        load_packed([(st.limit[:B], torch.tensor(limits, dtype=torch.int64)),
-                     (st.budget[:B], torch.tensor(budgets, dtype=torch.int64))]
-                    + [(getattr(st, name), zeros) for name in ("ring_len", "cycles", "verified", "accepted")])
+        self._load_step(limits, budgets)
         marks += [time.perf_counter()] * 3
         blocks = self._block_counts(work)
         if blocks != res.blocks:
@@ -341,7 +353,7 @@ class DeviceCycle:
         rows = []
         hid, res, at = [], [], []
         anchor_rows, q_rows, pending, sampling = [], [], [], []
-        cycles = 0
+        limits, budgets, cycles = [], [], 0
         marks = [time.perf_counter()]
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
@@ -358,7 +370,7 @@ class DeviceCycle:
                         + stop + [-1] * (S - len(stop))
                         + (mask + [mask[0]] * (M - len(mask)) if mask else [0] * M)
                         + [win[0].pos, len(win), req.pipe.committed_len, g.min_tokens, min(g.max_tokens, 1 << 62),
-                           g.num_output, int(g.stopped), limit, budget])
+                           g.num_output, int(g.stopped)])
             for e in win:
                 if 1 <= e.depth <= n and e.pos in req.carry:
                     h, r = req.carry[e.pos]
@@ -373,8 +385,10 @@ class DeviceCycle:
                 raise RuntimeError(f"spd: request {req_id}'s pending draft row {req.pending} is not just before "
                                    f"its window ({win[-1].pos})")
             pending.append(int(req.pending is not None))
+            limits.append(limit)
+            budgets.append(budget)
             if drafter is not None:
-                drafter.load_row(b, req, state, win[0].pos)
+                drafter.load_row(b, req, state)
         dev = self.hidden.device
         B = len(reqs)
         marks.append(time.perf_counter())
@@ -383,8 +397,7 @@ class DeviceCycle:
         for name, width in (("tok", W), ("depth", W), ("stop_ids", S), ("mask_ids", M)):
             ints.append((getattr(st, name)[:B], host[:, o:o + width]))
             o += width
-        for name in ("head", "wlen", "committed_len", "min_tokens", "max_tokens", "num_output", "stopped",
-                     "limit", "budget"):
+        for name in ("head", "wlen", "committed_len", "min_tokens", "max_tokens", "num_output", "stopped"):
             ints.append((getattr(st, name)[:B], host[:, o]))
             o += 1
         temp, top_k, top_p, min_p, seed = zip(*sampling)
@@ -394,14 +407,13 @@ class DeviceCycle:
         real = torch.zeros(st.real.shape[0], dtype=torch.int64)
         real[:B] = 1
         ints.append((st.real, real))
-        ints += [(getattr(st, name), torch.zeros(st.real.shape[0], dtype=torch.int64))
-                 for name in ("ring_len", "cycles", "verified", "accepted")]
         if P > B:   # padding rows: stopped
             ints.append((st.stopped[B:P], torch.ones(P - B, dtype=torch.int64)))
         load_packed(ints)
         load_packed([(self.temperature[:B], torch.tensor(temp, dtype=torch.float32)),
                      (self.top_p[:B], torch.tensor(top_p, dtype=torch.float32)),
                      (self.min_p[:B], torch.tensor(min_p, dtype=torch.float32))])
+        self._load_step(limits, budgets)
         marks.append(time.perf_counter())
         if self.drafts is not None:
             self.drafts.load_done(anchor_rows, q_rows, st, B, runner._spd_embed)

@@ -31,9 +31,9 @@ class DeviceDrafter:
     def __init__(self, cycle):
         self.cycle = cycle
 
-    def load_row(self, b: int, req, state, head: int) -> None:
-        """Row ``b``'s inputs on the host (``req``: SPD's request, ``state``: vLLM's,
-        ``head``: the position of its newest in-flight token)."""
+    def load_row(self, b: int, req, state) -> None:
+        """Row ``b``'s inputs on the host (``req``: SPD's request, ``state``: vLLM's), when
+        the step loads the whole batch."""
 
     def load_done(self, B: int, work, resident: bool) -> None:
         """The step's rows onto the device, after the cycle state is loaded;
@@ -61,36 +61,48 @@ class DeviceDrafter:
 
 class OracleDrafter(DeviceDrafter):
     """The benchmark oracle: the recorded token, proposed with probability alpha. With
-    ``priced`` the draft module also runs every cycle, its drafts unused, to price it."""
+    ``priced`` the draft module also runs every cycle, its drafts unused, to price it.
+
+    Its proposals are keyed on (request, position), so each request's are drawn once, for
+    every position it can reach, and kept by position on the device: a step over
+    resident rows loads nothing for it, and this instrument's host time does not stand
+    in for SPD's."""
 
     def __init__(self, cycle, priced: bool):
         super().__init__(cycle)
         self.runs_module = priced
         P, dev = cycle.max_batch, cycle.hidden.device
-        #: the proposals for positions ``base + k``: a flush moves the head back by up to
-        #: n - 1, then drafts go at most one position further per cycle
-        self.span = cycle.cycles_per_step + cycle.n
-        self.tokens = torch.zeros(P, self.span, dtype=torch.int64, device=dev)
-        self.base = torch.zeros(P, dtype=torch.int64, device=dev)
+        #: [P, max_model_len]: the proposal for each position of each row's request
+        self.tokens = torch.zeros(P, cycle.runner.max_model_len, dtype=torch.int64, device=dev)
+        #: req_id -> its proposals (host), drawn at its first load
+        self._drawn: dict[str, torch.Tensor] = {}
         self._rows: list = []
 
-    def load_row(self, b, req, state, head):
-        base = head + 1 - self.cycle.n
-        proposer = self.cycle.runner.spd_drafter.proposer
-        self._rows.append((proposer.proposals(state.prompt_token_ids, base, self.span), base))
+    def load_row(self, b, req, state):
+        got = self._drawn.get(req.req_id)
+        if got is None:
+            L = self.tokens.shape[1]
+            prompt = state.prompt_token_ids
+            end = min(L, len(prompt) + min(req.gate.max_tokens, L) + self.cycle.n + 1)
+            drawn = self.cycle.runner.spd_drafter.proposer.proposals(prompt, len(prompt), end - len(prompt))
+            got = self._drawn[req.req_id] = torch.tensor([0] * len(prompt) + drawn + [0] * (L - end))
+        self._rows.append(got)
 
     def load_done(self, B, work, resident):
+        if resident:
+            return
         rows, self._rows = self._rows, []
-        if rows:
-            self.tokens[:B].copy_(torch.tensor([t for t, _ in rows]), non_blocking=True)
-            self.base[:B].copy_(torch.tensor([b for _, b in rows]), non_blocking=True)
+        self.tokens[:B].copy_(torch.stack(rows), non_blocking=True)
+        tracked = self.cycle.runner.spd_requests
+        for req_id in [r for r in self._drawn if r not in tracked]:
+            del self._drawn[req_id]
 
     def propose(self, part, live, warp):
         if self.runs_module:
             self._module_draft(part, live, warp)
         P = part.head.shape[0]
-        k = (part.head + 1 - self.base[:P]).clamp(0, self.span - 1)
-        return self.tokens[:P].gather(1, k[:, None])[:, 0]
+        at = (part.head + 1).clamp(0, self.tokens.shape[1] - 1)
+        return self.tokens[:P].gather(1, at[:, None])[:, 0]
 
 
 class LookupDrafter(DeviceDrafter):
