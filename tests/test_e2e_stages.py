@@ -139,10 +139,13 @@ def test_three_ranks_verdict_lag_sampling_draws_what_one_worker_draws(predictabl
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.5 * counters["vllm:spec_decode_num_draft_tokens"]
 
 
-def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
-    """Serving conditions across ranks: a KV cache too small for every request (vLLM
-    preempts and recomputes), long prompts prefilled in chunks while others decode, and
-    stop token ids / max_tokens falling inside the in-flight window."""
+@pytest.mark.parametrize("lag", [1, 0])
+def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path, lag):
+    """Serving conditions across ranks, in the host-driven cycle (lag 1) and the device
+    cycle (lag 0, whose rows stay resident between steps while the batch holds): a KV
+    cache too small for every request (vLLM preempts and recomputes), long prompts
+    prefilled in chunks while others decode, and stop token ids / max_tokens falling
+    inside the in-flight window."""
     from vllm import LLM, SamplingParams
 
     target, _ = predictable
@@ -156,7 +159,7 @@ def test_two_ranks_preemption_chunked_prefill_and_stops(predictable, tmp_path):
     # 4 cycles a step: each decoding request takes cycles_per_step tokens of the 32-token
     # budget, and several must decode at once for the small cache to preempt.
     for spec in (None, {"method": "spd", "num_stages": 2, "model": head, "stage_placement": "pipeline",
-                        "cycles_per_step": 4}):
+                        "cycles_per_step": 4, "verdict_lag": lag}):
         llm = LLM(model=target, dtype="float32", enforce_eager=True, max_model_len=256, seed=0, block_size=32,
                   num_gpu_blocks_override=9, enable_chunked_prefill=True, max_num_batched_tokens=32,
                   disable_log_stats=False, speculative_config=spec)
