@@ -214,7 +214,7 @@ class DeviceCycle:
             self.link.wait_sends()   # prefill's rows, sent before this step
         drafter = self.drafters.get(mode[0])
         if resident:
-            cycles, blocks = self._reload(work, reqs, res, drafter)
+            cycles, blocks = self._reload(work, reqs, res)
             self.resident_steps += 1
         else:
             cycles, blocks = self._load(work, reqs, P, drafter)
@@ -282,11 +282,12 @@ class DeviceCycle:
             if anchors is not None:
                 self.drafts.store(req, b, anchors, bool(row.pending), qs if not req.sampling.greedy else None, det)
 
-    def _step_limits(self, idx: int, req_id: str, num_sched: int, req, oldest_depth: int) -> tuple[int, int, int]:
-        """A row's ``(limit, budget, cycles)`` this step: the first position without a KV
-        slot, the most tokens it may commit, and the cycles it takes to commit them with
-        every draft accepted (the oldest in-flight token's remaining stages, then one
-        commit a cycle; 0 when it commits nothing)."""
+    def _step_limits(self, idx: int, req_id: str, num_sched: int, req,
+                     oldest_depth: int) -> tuple[int, int, int, int]:
+        """A row's ``(limit, budget, cycles, blocks)`` this step: the first position
+        without a KV slot, the most tokens it may commit, the cycles it takes to commit
+        them with every draft accepted (the oldest in-flight token's remaining stages,
+        then one commit a cycle; 0 when it commits nothing), and its KV blocks."""
         runner = self.runner
         blocks = len(runner.requests[req_id].block_ids[0])
         limit = min(runner.max_model_len, blocks * self.block_size)
@@ -295,10 +296,7 @@ class DeviceCycle:
         budget = min(num_sched, max(room, 0))
         commits = 0 if g.stopped else min(budget, g.max_tokens - g.num_output)
         cycles = max(1, self.n - oldest_depth) + commits - 1 if commits > 0 else 0
-        return limit, budget, cycles
-
-    def _block_counts(self, work) -> list[int]:
-        return [len(self.runner.requests[req_id].block_ids[0]) for _, req_id, _ in work]
+        return limit, budget, cycles, blocks
 
     def _load_block_table(self, work, P: int) -> None:
         """The rows' block tables (padding rows: zeros), through the pinned stage."""
@@ -319,28 +317,26 @@ class DeviceCycle:
         host[STEP_FIELDS.index("budget"), :B] = budgets
         self.state.step_block.copy_(self._step_host, non_blocking=True)
 
-    def _reload(self, work, reqs, res: "Resident", drafter) -> tuple[int, list[int]]:
+    def _reload(self, work, reqs, res: "Resident") -> tuple[int, list[int]]:
         """A step over the resident rows: only what changes between steps, each row's
         limit and budget and the step's counters in one copy, and the block table where
-        a row gained a block. Returns the cycles to launch and the rows' block counts."""
-        B = len(reqs)
+        a row gained a block; nothing for the drafter, whose device state (the oracle's
+        proposals, prompt lookup's history) stays with the rows. Returns the cycles to
+        launch and the rows' block counts."""
         marks = [time.perf_counter()]
-        limits, budgets, cycles = [], [], 0
+        limits, budgets, blocks, cycles = [], [], [], 0
         for (idx, req_id, num_sched), req, row in zip(work, reqs, res.rows):
-            limit, budget, c = self._step_limits(idx, req_id, num_sched, req, max(row.depth[:row.wlen]))
+            limit, budget, c, nb = self._step_limits(idx, req_id, num_sched, req, max(row.depth[:row.wlen]))
             limits.append(limit)
             budgets.append(budget)
+            blocks.append(nb)
             cycles = max(cycles, c)
         marks.append(time.perf_counter())
         self._load_step(limits, budgets)
         marks += [time.perf_counter()] * 3
-        blocks = self._block_counts(work)
         if blocks != res.blocks:
             self._load_block_table(work, res.P)
-        marks.append(time.perf_counter())
-        if drafter is not None:
-            drafter.load_done(B, work, resident=True)
-        marks.append(time.perf_counter())
+        marks += [time.perf_counter()] * 2
         self._phases = [1e6 * (b - a) for a, b in zip(marks, marks[1:])]
         return min(self.cycles_per_step, cycles), blocks
 
@@ -353,7 +349,7 @@ class DeviceCycle:
         rows = []
         hid, res, at = [], [], []
         anchor_rows, q_rows, pending, sampling = [], [], [], []
-        limits, budgets, cycles = [], [], 0
+        limits, budgets, blocks, cycles = [], [], [], 0
         marks = [time.perf_counter()]
         for b, ((idx, req_id, num_sched), req) in enumerate(zip(work, reqs)):
             win = req.pipe.window
@@ -363,7 +359,8 @@ class DeviceCycle:
             stop = sorted(req.gate.stop_ids)      # at most STOP_SLOTS each (``serves``)
             mask = sorted(req.gate.mask_ids)
             g = req.gate
-            limit, budget, c = self._step_limits(idx, req_id, num_sched, req, max(e.depth for e in win))
+            limit, budget, c, nb = self._step_limits(idx, req_id, num_sched, req, max(e.depth for e in win))
+            blocks.append(nb)
             cycles = max(cycles, c)
             rows.append([e.token for e in win] + [0] * (W - len(win))
                         + [e.depth for e in win] + [0] * (W - len(win))
@@ -423,11 +420,10 @@ class DeviceCycle:
             self.hidden[ix[:, 1], ix[:, 0]] = torch.stack(hid).to(self.hidden.dtype)
             self.residual[ix[:, 1], ix[:, 0]] = torch.stack(res).to(self.residual.dtype)
         marks.append(time.perf_counter())
-        blocks = self._block_counts(work)
         self._load_block_table(work, P)
         marks.append(time.perf_counter())
         if drafter is not None:
-            drafter.load_done(B, work, resident=False)
+            drafter.load_done(B, work)
         marks.append(time.perf_counter())
         self._phases = [1e6 * (b - a) for a, b in zip(marks, marks[1:])]
         # Cycles to launch: as many as the row that needs most takes to commit its share

@@ -4,8 +4,9 @@ lookup, the draft module and their hybrid.
 A :class:`DeviceDrafter` takes part in an engine step at four points:
 
 - on the host, it takes each row's inputs (``load_row``) and moves them onto the device
-  once per step (``load_done``); over resident rows (``DeviceCycle``: the same requests
-  as the last step, their state left on the device) only what changes between steps;
+  (``load_done``) when a step loads the whole batch; a step over resident rows
+  (``DeviceCycle``: the same requests as the last step, their state left on the device)
+  loads nothing for it, as what it keeps on the device stays valid;
 - in every cycle, before the stages run, it proposes each row's next draft (``propose``);
 - after the cycle's commit it records what entered the window (``committed``);
 - for a batch with sampled requests it tells verification which distribution each draft
@@ -35,9 +36,8 @@ class DeviceDrafter:
         """Row ``b``'s inputs on the host (``req``: SPD's request, ``state``: vLLM's), when
         the step loads the whole batch."""
 
-    def load_done(self, B: int, work, resident: bool) -> None:
-        """The step's rows onto the device, after the cycle state is loaded;
-        ``resident``: the rows are the last step's, with their device state kept."""
+    def load_done(self, B: int, work) -> None:
+        """The step's rows onto the device, after the cycle state is loaded."""
 
     def propose(self, part, live, warp) -> torch.Tensor:
         """Draft ids [P] for the position after each row's newest token."""
@@ -88,9 +88,7 @@ class OracleDrafter(DeviceDrafter):
             got = self._drawn[req.req_id] = torch.tensor([0] * len(prompt) + drawn + [0] * (L - end))
         self._rows.append(got)
 
-    def load_done(self, B, work, resident):
-        if resident:
-            return
+    def load_done(self, B, work):
         rows, self._rows = self._rows, []
         self.tokens[:B].copy_(torch.stack(rows), non_blocking=True)
         tracked = self.cycle.runner.spd_requests
@@ -112,9 +110,7 @@ class LookupDrafter(DeviceDrafter):
         super().__init__(cycle)
         self.lookup = lookup
 
-    def load_done(self, B, work, resident):
-        if resident:   # the history holds every position up to each row's newest token already
-            return
+    def load_done(self, B, work):
         runner = self.cycle.runner
         idxs = [idx for idx, _, _ in work]
         width = max(int(runner.input_batch.num_tokens_no_spec[idx]) for idx in idxs)

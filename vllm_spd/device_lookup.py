@@ -1,8 +1,9 @@
 """Prompt lookup inside the device cycle: the n-gram drafter (``ngram.py``) on tensors.
 
-Each row keeps its token history on the device: the committed tokens, copied in once
-per engine step, and the window's tokens, written at their positions every cycle (so
-after a flush the corrected token replaces the dropped ones). A row's sequence is its
+Each row keeps its token history on the device: the committed tokens, copied in when a
+step loads the whole batch, and the window's tokens, written at their positions every
+cycle (so after a flush the corrected token replaces the dropped ones, and a step over
+resident rows finds every position up to each row's newest token already there). A row's sequence is its
 history up to the newest in-flight token, the same sequence the host cycle matches
 (committed tokens, then the unverified in-flight ones). For each suffix length ``k``
 from the longest down, every earlier start is compared at once; the most recent match
@@ -22,7 +23,7 @@ class DeviceLookup:
         self.history = torch.zeros(max_batch, max_len, dtype=torch.int64, device=device)
 
     def load(self, B: int, committed: torch.Tensor) -> None:
-        """Rows' committed tokens ``[B, <= max_len]`` (host), once per step."""
+        """Rows' committed tokens ``[B, <= max_len]`` (host), when the batch is loaded."""
         self.history[:B, : committed.shape[1]].copy_(committed, non_blocking=True)
 
     def record(self, st: CycleState) -> None:
