@@ -708,6 +708,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         trainer.setup()
         summary = trainer.train()
+        # Every process past its last collective before any tears the group down: a gloo
+        # process group destroyed while its peer still works aborted that peer at exit.
+        dist.barrier()
     finally:
         dist.close()
     if dist.main:
