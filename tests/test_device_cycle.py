@@ -188,6 +188,50 @@ def test_resident_rows_survive_batch_changes_and_the_host_cycle(predictable, tmp
         gc.collect()
 
 
+@pytest.mark.parametrize("device_cycle", ["1", "0"])
+def test_a_step_that_prefills_commits_one_token_per_decoding_request(tiny_qwen3, recorded, device_cycle,
+                                                                     monkeypatch):
+    """B arrives while A decodes (every draft right, four commits a step). The step that
+    prefills B commits exactly one token for A, so B's first token waits for one cycle
+    of A rather than a whole step; the next step is a whole one again (four cycles). Both
+    outputs equal plain vLLM's, with the device cycle and with the host cycle."""
+    from vllm import LLM, SamplingParams
+
+    monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", device_cycle)
+    path, reference = recorded
+    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    spec = {"method": "spd", "num_stages": 2, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
+            "cycles_per_step": 4, "verdict_lag": 0}
+    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              speculative_config=spec)
+    engine = llm.llm_engine
+    got = {"A": [], "B": []}
+    grown = []
+
+    def step():
+        before = {k: len(v) for k, v in got.items()}
+        for o in engine.step():
+            got[o.request_id] = list(o.outputs[0].token_ids)
+        grown.append({k: len(v) - before[k] for k, v in got.items()})
+
+    try:
+        engine.add_request("A", PROMPTS[0], sp)
+        while len(got["A"]) < 12:
+            step()
+        engine.add_request("B", PROMPTS[1], sp)
+        step()
+        assert grown[-1] == {"A": 1, "B": 1}
+        step()
+        assert grown[-1] == {"A": 4, "B": 3}   # B's first in-flight token takes both stages
+        while engine.has_unfinished_requests():
+            step()
+    finally:
+        engine.engine_core.shutdown()
+        del llm, engine
+        gc.collect()
+    assert_identical(reference[:2], [got["A"], got["B"]])
+
+
 def _cycles_run(worker):
     return worker.model_runner.spd_device.cycles_run
 

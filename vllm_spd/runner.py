@@ -8,7 +8,9 @@ One engine step (``execute_model``) does, for the scheduled requests:
   from the target and becomes the request's first in-flight token;
 - up to ``cycles_per_step`` SPD *cycles* for requests with a pipeline: drafts from
   the drafter, every stage advancing the token at its depth (its own attention
-  metadata over the paged KV cache), completions verified, tokens committed.
+  metadata over the paged KV cache), completions verified, tokens committed. A step
+  that also prefills commits at most one token per decoding request: a new request's
+  first token does not wait for a whole step of the others.
 
 Committed tokens go back through vLLM's spec-decode accounting (the scheduler
 schedules ``1 + (C-1)`` placeholder tokens and rolls back the unused ones), so the
@@ -232,6 +234,11 @@ class SPDRunnerMixin:
                 decode.append((idx, req_id, num_sched))
             else:
                 prefill.append((idx, req_id, num_sched))
+        if prefill and decode:
+            # A step that prefills commits at most one token per decoding request, so the
+            # prefilled request's first token waits for one cycle of the others, not for
+            # a whole step of them, and it decodes in step with them from the next step.
+            decode = [(idx, req_id, 1) for idx, req_id, _ in decode]
         stats: dict[str, StepStats] = {}
         prompt_logprobs = {}
         if prefill:
