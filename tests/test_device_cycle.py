@@ -227,7 +227,7 @@ def test_a_step_that_prefills_commits_one_token_per_decoding_request(tiny_qwen3,
             step()
     finally:
         engine.engine_core.shutdown()
-        del llm, engine
+        del llm
         gc.collect()
     assert_identical(reference[:2], [got["A"], got["B"]])
 
