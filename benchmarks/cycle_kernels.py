@@ -29,7 +29,7 @@ CYCLES_PER_GRAPH = 16
 
 def steady_state(n: int, batch: int, device):
     """Every row live with a full window (a token at each depth 0..n-1, one completing next)."""
-    from vllm_spd.cycle_state import CycleState
+    from vllm_spd.core.cycle_state import CycleState
 
     st = CycleState.allocate(batch, n, 64, stop_slots=16, mask_slots=16, device=device)
     st.wlen.fill_(n)
@@ -44,7 +44,7 @@ def steady_state(n: int, batch: int, device):
 
 
 def one_cycle(st, table, plan, draft, block_size: int) -> None:
-    from vllm_spd.stage_plan import plan_stages
+    from vllm_spd.core.stage_plan import plan_stages
 
     live = st.live()
     plan_stages(st, live, table, block_size, plan)
@@ -68,7 +68,7 @@ def time_cycle(n: int, batch: int, backend: str, device, dry: bool) -> float | N
 
 
 def _time_cycle(n: int, batch: int, device, dry: bool) -> float | None:
-    from vllm_spd.stage_plan import StagePlan
+    from vllm_spd.core.stage_plan import StagePlan
 
     st = steady_state(n, batch, device)
     table = torch.randint(0, 4096, (batch, 128), dtype=torch.int32, device=device)

@@ -59,8 +59,8 @@ def _peak_memory(worker):
 def _set_oracle(worker, path, alpha, drafter, price_pdm):
     """Switch a live runner's drafter (the device cycle reads the config at each step),
     keeping its draft module (stream, captured graphs)."""
-    from vllm_spd.drafting import make_drafter
-    from vllm_spd.oracle import OracleDrafter
+    from vllm_spd.drafters.drafting import make_drafter
+    from vllm_spd.drafters.oracle import OracleDrafter
 
     r = worker.model_runner
     r.spd_cfg.drafter = drafter
@@ -192,7 +192,7 @@ def stage_layers_for(a, cfg: dict) -> list[int] | None:
     L, n = cfg["num_hidden_layers"], a.num_stages
     if a.stage_layers != "auto":
         return [int(x) for x in a.stage_layers.split(",")]
-    from vllm_spd.layout import balanced_stage_layers
+    from vllm_spd.core.layout import balanced_stage_layers
 
     H, inter, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or H // cfg["num_attention_heads"]
@@ -298,7 +298,7 @@ def run_system(a) -> list[dict]:
             if a.kernel_breakdown and system == "tp1" and b == a.batch[0]:
                 rows[-1]["kernels"] = kernel_breakdown(llm, prompts, a.kernel_breakdown)
             continue
-        from vllm_spd.oracle import save_recording
+        from vllm_spd.drafters.oracle import save_recording
 
         # Record the greedy continuation through SPD itself (every draft wrong: exact output).
         llm.collective_rpc(_set_oracle, args=(rec, 0.0, "oracle", False))
@@ -360,7 +360,7 @@ def _one_worker_rows(llm, a, vocab, rec, base) -> list[dict]:
     ``--one-gpu-pdm-alphas`` also with a random draft module run every cycle (unused, to
     price it; at the last of those values), and at ``--one-gpu-host-alphas`` the
     host-driven cycle in the same engine, for comparison."""
-    from vllm_spd.oracle import save_recording
+    from vllm_spd.drafters.oracle import save_recording
 
     rows = Rows()
     for b in a.batch:

@@ -46,7 +46,7 @@ class Recorder:
     def install(self):
         import torch
 
-        from vllm_spd import drafting, pdm
+        from vllm_spd.drafters import drafting, pdm
 
         rec = self
         original_match = drafting.match_ngram

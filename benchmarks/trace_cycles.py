@@ -2,7 +2,7 @@
 
     python benchmarks/trace_cycles.py spd_trace_rank0.json.gz [spd_trace_rank1.json.gz ...]
 
-Reads the Chrome traces that ``VLLM_SPD_PROFILE_DIR`` makes (``vllm_spd/step_profiler.py``,
+Reads the Chrome traces that ``VLLM_SPD_PROFILE_DIR`` makes (``vllm_spd/engine/step_profiler.py``,
 one decode step per rank). A rank's stage forward replays one CUDA graph per cycle;
 the kernels of a replay carry the correlation id of its ``cudaGraphLaunch``. Per rank
 it prints the medians over the step's cycles of:

@@ -34,8 +34,8 @@ def test_spd_config_accepted(tiny_qwen3):
     assert type(spec).__name__ == "SPDSpeculativeConfig"
     assert (spec.method, spec.num_stages, spec.cycles_per_step, spec.num_speculative_tokens) == ("spd", 3, 5, 4)
     assert spec.drafter == "ngram"            # no head anywhere: weightless drafter
-    assert cfg.parallel_config.worker_cls == "vllm_spd.worker.SPDCPUWorker"
-    assert cfg.scheduler_config.scheduler_cls == "vllm_spd.scheduler.SPDScheduler"
+    assert cfg.parallel_config.worker_cls == "vllm_spd.engine.worker.SPDCPUWorker"
+    assert cfg.scheduler_config.scheduler_cls == "vllm_spd.engine.scheduler.SPDScheduler"
     assert cfg.parallel_config.pipeline_parallel_size == 1   # CPU: all stages in one worker
     assert not cfg.cache_config.enable_prefix_caching
     assert "speculative method 'spd'" in cfg._get_v2_model_runner_unsupported_features()

@@ -15,7 +15,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from vllm_spd.cycle_state import CycleState
+from vllm_spd.core.cycle_state import CycleState
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,7 +41,7 @@ def check_plan(st, live, table, block_size, gen) -> tuple[int, int]:
     """The fused stage plan equals the reference, and the reference's attention rows are
     what the block table says; returns (stage rows that run, of them rows with a KV slot)."""
     from vllm_spd.kernels.stage_plan_triton import plan_stages_triton
-    from vllm_spd.stage_plan import StagePlan, plan_stages_reference
+    from vllm_spd.core.stage_plan import StagePlan, plan_stages_reference
 
     n, B = st.num_stages, st.tok.shape[0]
     # buffers wider than the batch, as the device cycle holds them, garbage in the rest
@@ -116,7 +116,7 @@ def test_cycle_kernels_bench_steady_state():
     sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
     import cycle_kernels
 
-    from vllm_spd.stage_plan import StagePlan
+    from vllm_spd.core.stage_plan import StagePlan
 
     for n in (2, 4, 8):
         st = cycle_kernels.steady_state(n, 3, "cpu")

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vllm_spd.cycle_timer import CycleTimer
-from vllm_spd.pipeline import CommitGate, RequestPipeline
-from vllm_spd.runner import SPDRequest, SPDRunnerMixin
+from vllm_spd.engine.cycle_timer import CycleTimer
+from vllm_spd.core.pipeline import CommitGate, RequestPipeline
+from vllm_spd.engine.runner import SPDRequest, SPDRunnerMixin
 
 
 class FakeControl:

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from vllm_spd.cycle_state import CycleState
-from vllm_spd.pipeline import CommitGate, RequestPipeline
+from vllm_spd.core.cycle_state import CycleState
+from vllm_spd.core.pipeline import CommitGate, RequestPipeline
 
 VOCAB = 50
 
@@ -127,7 +127,7 @@ def test_min_tokens_mask():
 def test_load_packed_fills_each_destination():
     """``device_cycle.load_packed``: every host tensor lands in its destination (rows of a
     wider buffer, a slice, a whole vector), nothing else is touched."""
-    from vllm_spd.device_cycle import load_packed
+    from vllm_spd.engine.device_cycle import load_packed
 
     wide = torch.full((4, 3), -7, dtype=torch.int64)
     vec = torch.full((4,), -7, dtype=torch.int64)

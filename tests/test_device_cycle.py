@@ -8,7 +8,7 @@ import gc
 import pytest
 
 from test_e2e_greedy import PROMPTS, assert_identical
-from vllm_spd.oracle import save_recording
+from vllm_spd.drafters.oracle import save_recording
 
 MAX_TOKENS = 48
 
@@ -303,7 +303,7 @@ def test_many_stop_ids_take_the_host_cycle(tiny_qwen3, recorded):
     """More stop ids than the device gate holds: that step takes the host cycle, exactly."""
     from vllm import SamplingParams
 
-    from vllm_spd.device_cycle import STOP_SLOTS
+    from vllm_spd.engine.device_cycle import STOP_SLOTS
 
     path, reference = recorded
     many = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True,
@@ -454,7 +454,7 @@ def test_timing_summary_counts_cycles_per_launch(monkeypatch):
     for whole-batch loads and steps over resident rows apart."""
     import torch
 
-    from vllm_spd.device_cycle import LOAD_PHASES, DeviceCycle
+    from vllm_spd.engine.device_cycle import LOAD_PHASES, DeviceCycle
 
     class Event:
         def __init__(self, t):

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from vllm_spd.cycle_state import CycleState
-from vllm_spd.device_lookup import DeviceLookup
-from vllm_spd.ngram import match_ngram, propose_ngram
+from vllm_spd.core.cycle_state import CycleState
+from vllm_spd.drafters.device_lookup import DeviceLookup
+from vllm_spd.drafters.ngram import match_ngram, propose_ngram
 
 
 @pytest.mark.parametrize("max_n, min_n", [(4, 1), (3, 2), (1, 1), (4, 3)])

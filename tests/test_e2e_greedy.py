@@ -241,7 +241,7 @@ def test_oracle_drafter_hits_its_alpha(tiny_qwen3, tiny_reference, alpha, tmp_pa
     """The benchmark instrument: recorded greedy tokens proposed with probability alpha."""
     from transformers import AutoTokenizer
 
-    from vllm_spd.oracle import save_recording
+    from vllm_spd.drafters.oracle import save_recording
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen3)
     rec = str(tmp_path / "rec.json")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from spd_models import mirror_head, predictable_target
-from vllm_spd import runner as spd_runner
-from vllm_spd import verify
+from vllm_spd.engine import runner as spd_runner
+from vllm_spd.core import verify
 from vllm_spd.head import init_head
 
 PROMPT = "def fibonacci(n):"
@@ -193,7 +193,7 @@ def test_penalized_sampling_follows_target(head_kind, broken, tiny_qwen3, predic
     law depends on the first); SPD's samples follow the penalized law, through the
     accept path (mirror head) and the residual path (random head). Dropping the
     penalties at verification is detected."""
-    from vllm_spd import target_rules
+    from vllm_spd.engine import target_rules
 
     model = predictable if head_kind == "mirror_head" else tiny_qwen3
     head = str(tmp_path / "head")

@@ -36,7 +36,7 @@ from vllm_spd.kernels import (
     resolve_backend,
 )
 from vllm_spd.kernels.aggregation import type_offset
-from vllm_spd.verify import target_probs
+from vllm_spd.core.verify import target_probs
 
 ON_GPU = torch.cuda.is_available()
 _SET_INTERPRET = not ON_GPU and "triton" not in sys.modules

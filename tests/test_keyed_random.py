@@ -3,7 +3,7 @@ uniform, and unrelated across seeds, positions, purposes and indices."""
 
 import torch
 
-from vllm_spd import keyed_random as kr
+from vllm_spd.core import keyed_random as kr
 
 
 def test_same_key_same_draw_other_key_other_draw():
@@ -38,7 +38,7 @@ def test_uniform_over_positions_seeds_and_indices():
 
 def test_exponential_race_samples_the_distribution():
     """Sampling by the race argmax(p / E) with keyed E over many positions gives p."""
-    from vllm_spd.verify import sample_from_probs
+    from vllm_spd.core.verify import sample_from_probs
 
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
     n = 20000

@@ -1,6 +1,6 @@
 import pytest
 
-from vllm_spd.layout import StageLayout, default_anchors, stage_layer_counts
+from vllm_spd.core.layout import StageLayout, default_anchors, stage_layer_counts
 
 
 def test_split_follows_vllm_pipeline_rule():
@@ -41,7 +41,7 @@ def test_bad_partition():
 def test_balanced_stage_layers_is_optimal_and_valid():
     import itertools
 
-    from vllm_spd.layout import balanced_stage_layers
+    from vllm_spd.core.layout import balanced_stage_layers
 
     def compositions(total, parts):
         for cut in itertools.combinations(range(1, total), parts - 1):

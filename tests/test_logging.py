@@ -13,7 +13,7 @@ plugin.register()
 from vllm.config.logging import LoggingConfig
 from vllm.logger import configure_logging
 configure_logging(LoggingConfig())   # as `vllm serve` and every engine process do
-from vllm_spd.scheduler import logger
+from vllm_spd.engine.scheduler import logger
 logger.info("spd: alpha=0.500 (1/2 drafts accepted), marker")
 logger.debug("spd: debug marker")
 logging.getLogger("vllm_spd.train").info("spd: train marker")

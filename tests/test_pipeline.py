@@ -2,7 +2,7 @@
 
 import random
 
-from vllm_spd.pipeline import CommitGate, RequestPipeline
+from vllm_spd.core.pipeline import CommitGate, RequestPipeline
 
 
 def simulate(n, target, drafts_right, steps=200):

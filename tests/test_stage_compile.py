@@ -3,7 +3,7 @@ inside, as they were after."""
 
 from torch import nn
 
-from vllm_spd.stage_compile import ir_ops, native_ops
+from vllm_spd.engine.stage_compile import ir_ops, native_ops
 
 
 def test_native_ops_switches_and_restores():

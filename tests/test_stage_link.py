@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 import torch.multiprocessing as mp
 
-from vllm_spd.stage_link import CONTROL_FIELDS, decode_control, encode_control
+from vllm_spd.engine.stage_link import CONTROL_FIELDS, decode_control, encode_control
 
 
 def test_control_encoding_round_trip():
@@ -27,7 +27,7 @@ def _free_port() -> int:
 def _rank(rank: int, port: int, queue) -> None:
     import torch.distributed as dist
 
-    from vllm_spd.stage_link import StageLink
+    from vllm_spd.engine.stage_link import StageLink
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     link = StageLink(SimpleNamespace(ranks=[0, 1], rank_in_group=rank, world_size=2), torch.device("cpu"))

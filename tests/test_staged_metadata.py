@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from vllm_spd.staged import Chunk, SliceRunner
+from vllm_spd.engine.staged import Chunk, SliceRunner
 
 BLOCK = 4
 
@@ -121,7 +121,7 @@ def test_draft_rows_padded_outside_every_request():
     """The draft module's fixed shapes: requests of several rows, padded with tokens
     that belong to no request (no KV slot, position 0), written into buffers of its own
     with fixed upper bounds as the metadata's maxima."""
-    from vllm_spd.staged import GraphBuffers
+    from vllm_spd.engine.staged import GraphBuffers
 
     runner, group = _runner()
     sr = SliceRunner(runner, {0: "l0"})

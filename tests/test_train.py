@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vllm_spd import checkpoint
-from vllm_spd.layout import StageLayout
+from vllm_spd.core.layout import StageLayout
 from vllm_spd.train import data as data_mod
 from vllm_spd.train import mask as mask_mod
 from vllm_spd.train import vocab as vocab_mod

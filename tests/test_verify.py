@@ -1,4 +1,4 @@
-"""Tests for vllm_spd.verify (single-draft SPD verification).
+"""Tests for vllm_spd.core.verify (single-draft SPD verification).
 
 CPU, float32, fixed seeds. The vLLM comparisons call vLLM 0.32.0's own sampler
 code (Sampler, min-p logits processor, apply_top_k_top_p); the statistical
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vllm_spd import verify as V
+from vllm_spd.core import verify as V
 
 NEG_INF = float("-inf")
 

@@ -1,12 +1,12 @@
-"""Greedy verification's fixed-shape path (vllm_spd/verify_graphs.py) gives exactly the
+"""Greedy verification's fixed-shape path (vllm_spd/engine/verify_graphs.py) gives exactly the
 verdicts of the eager path (LM head in float32, then verify_drafts), row for row,
 including drafts of -1 (nothing to verify), ties in the logits and rows in bf16."""
 
 import pytest
 import torch
 
-from vllm_spd.verdicts import RequestSampling, verify_drafts
-from vllm_spd.verify_graphs import VerifyGraphs
+from vllm_spd.engine.verdicts import RequestSampling, verify_drafts
+from vllm_spd.engine.verify_graphs import VerifyGraphs
 
 
 class LMHead:
@@ -58,8 +58,8 @@ def test_no_capture_off_a_gpu():
     """Off a GPU nothing is captured or stored, and vLLM's graph memory figure stands."""
     from types import SimpleNamespace
 
-    from vllm_spd.runner import SPDRunnerMixin
-    from vllm_spd.verify_graphs import graphs_supported
+    from vllm_spd.engine.runner import SPDRunnerMixin
+    from vllm_spd.engine.verify_graphs import graphs_supported
 
     runner = SimpleNamespace(device=torch.device("cpu"))
     made = []

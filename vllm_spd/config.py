@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from vllm.config.speculative import SpeculativeConfig, SpeculativeMethod
 from vllm.config.utils import config
 
-from vllm_spd import layout
+from vllm_spd.core import layout
 
 logger = logging.getLogger("vllm_spd")
 
@@ -57,7 +57,7 @@ class SPDSpeculativeConfig(SpeculativeConfig):
     draft module still runs every cycle, unused, so its cost is priced."""
     oracle_tokens: str | None = None
     """Benchmarks only (drafter='oracle'): JSON of recorded greedy outputs
-    (``vllm_spd.oracle.save_recording``); drafts are right with probability ``oracle_alpha``."""
+    (``vllm_spd.drafters.oracle.save_recording``); drafts are right with probability ``oracle_alpha``."""
     oracle_alpha: float = Field(default=1.0, ge=0, le=1)
     """Per-draft acceptance the oracle drafter produces at temperature 0."""
     cycles_per_step: int | None = Field(default=None, ge=1)

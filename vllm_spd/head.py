@@ -23,7 +23,9 @@ import os
 
 import torch
 
-from vllm_spd import checkpoint, layout
+from vllm_spd import checkpoint
+
+from vllm_spd.core import layout
 
 
 def load_target_config(target_dir: str):

@@ -24,7 +24,9 @@ import os
 
 import torch
 
-from vllm_spd import checkpoint, layout
+from vllm_spd import checkpoint
+
+from vllm_spd.core import layout
 from vllm_spd.head import load_target_config
 
 logger = logging.getLogger("vllm_spd")

@@ -155,11 +155,11 @@ def _create_engine_config(original, self, *args, **kwargs):
         self.distributed_executor_backend = "mp"
 
     is_cpu = current_platform.is_cpu()
-    worker = "vllm_spd.worker.SPDCPUWorker" if is_cpu else "vllm_spd.worker.SPDWorker"
+    worker = "vllm_spd.engine.worker.SPDCPUWorker" if is_cpu else "vllm_spd.engine.worker.SPDWorker"
     if self.worker_cls not in ("auto", worker):
         raise ValueError(f"spd: worker_cls={self.worker_cls!r} conflicts with spd, which needs {worker}")
     self.worker_cls = worker
-    scheduler = "vllm_spd.scheduler.SPDScheduler"
+    scheduler = "vllm_spd.engine.scheduler.SPDScheduler"
     if self.scheduler_cls not in (None, scheduler) and not (
         isinstance(self.scheduler_cls, str) and self.scheduler_cls.startswith("vllm.v1.core.sched.scheduler")
     ):
@@ -225,7 +225,7 @@ def _create_speculative_config(original, self, target_model_config, target_paral
     cfg = spd_config.build_spd_config(dict(spec), target_model_config, target_parallel_config)
     found = os.environ.get(PP_PARTITION_VAR)
     if target_parallel_config.pipeline_parallel_size > 1 and cfg.stage_layers and found:
-        # The workers set this variable from stage_layers (vllm_spd.worker); a different
+        # The workers set this variable from stage_layers (vllm_spd.engine.worker); a different
         # value set by the user would split the layers differently from the stages.
         if found.replace(" ", "") != pp_partition(cfg.stage_layers):
             raise ValueError(f"spd: {PP_PARTITION_VAR}={found} conflicts with stage_layers {cfg.stage_layers}")

@@ -6,7 +6,7 @@ kernel used for CUDA tensors; the dispatch functions pick one (``backend.py``).
 * ``aggregate_anchors``: per row, project the concatenated anchors ``0..type`` with the
   type's weight from a ``PackedAggregation`` -- one launch for all rows of a cycle.
 * ``draft_head``: final RMSNorm + draft-vocabulary logits + greedy argmax (or, given a
-  ``DraftSampling``, the logits handed to ``vllm_spd.verify.draft_proposal`` for the
+  ``DraftSampling``, the logits handed to ``vllm_spd.core.verify.draft_proposal`` for the
   warped q and a sample), returning full-vocabulary ids.
 
 The Triton modules (``aggregation_triton``, ``draft_head_triton``) are imported only

@@ -9,7 +9,7 @@ to a full-vocabulary id through ``draft_token_ids[K]`` (int64, draft index -> to
   maximum).
 * Sampling: verification needs the draft distribution ``q`` over K, so the logits are
   materialised (fused norm+matmul kernel on CUDA, the torch reference otherwise) and
-  handed to ``vllm_spd.verify.draft_proposal``, the project's one implementation of
+  handed to ``vllm_spd.core.verify.draft_proposal``, the project's one implementation of
   vLLM's warping (temperature, min-p, top-k, top-p) and sampling.  Rows with
   ``temperature < verify.SAMPLING_EPS`` are greedy rows: ``q`` is one-hot at their
   argmax.  Returns ``(ids[R], q[R, K] fp32)``.
@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from vllm_spd.verify import draft_proposal
+from vllm_spd.core.verify import draft_proposal
 
 from .backend import resolve_backend
 
@@ -39,7 +39,7 @@ from .backend import resolve_backend
 class DraftSampling:
     """Per-row (per-request) sampling parameters of the draft head.
 
-    The fields are ``vllm_spd.verify.draft_proposal``'s arguments: ``None`` for
+    The fields are ``vllm_spd.core.verify.draft_proposal``'s arguments: ``None`` for
     ``top_k``/``top_p``/``min_p`` means "off for every row"; per row, ``top_k <= 0``
     (or >= K), ``top_p >= 1`` and ``min_p == 0`` are off.  ``generators`` maps a row to
     the ``torch.Generator`` of a seeded request (on the logits' device); other rows draw

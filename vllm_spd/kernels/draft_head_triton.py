@@ -11,7 +11,7 @@ a separate norm launch and keeps the normalised rows out of memory.
   breaks left inside a block and the block reduction picks the lowest block, so the
   lowest draft index wins, as in ``torch.argmax``.  (NaN logits are not handled.)
 * Sampling: the same kernel stores the fp32 logits ``[R, K]`` for
-  ``vllm_spd.verify.draft_proposal`` (warping and sampling, in torch).
+  ``vllm_spd.core.verify.draft_proposal`` (warping and sampling, in torch).
 
 CUDA-graph safe (greedy and logits): no host syncs, workspace shapes depend on R, K only.
 Limit: beyond 64 rows, ``lm_head`` is re-read per 64-row block.

@@ -24,7 +24,7 @@ the window are at full depth, hence ``fill - d``). ``fill == n`` gives the satur
 staircase ``depth_to_type[min(n, d + delta)]``.
 
 ``simulated_mask`` builds the same matrix by running the request state machine of
-``vllm_spd.pipeline`` and listing the rows the runner hands the draft module.
+``vllm_spd.core.pipeline`` and listing the rows the runner hands the draft module.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import random
 
 import torch
 
-from vllm_spd.layout import StageLayout
-from vllm_spd.pipeline import RequestPipeline
+from vllm_spd.core.layout import StageLayout
+from vllm_spd.core.pipeline import RequestPipeline
 
 
 def used_types(layout: StageLayout) -> list[int]:

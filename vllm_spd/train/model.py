@@ -1,6 +1,6 @@
 """The draft module for training, in plain torch/transformers.
 
-Same computation and parameter names as the inference module (``vllm_spd.pdm``) and the
+Same computation and parameter names as the inference module (``vllm_spd.drafters.pdm``) and the
 head checkpoint (``vllm_spd.checkpoint``)::
 
     aggr_projs.{a}.weight  [H, (a+1)H]   row input of type a = proj(cat(anchors 0..a))
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vllm_spd.head import family_class, tower_config, tower_layer_class
-from vllm_spd.layout import StageLayout
+from vllm_spd.core.layout import StageLayout
 from vllm_spd.train.attention import ATTENTION
 
 TOWER_INITS = ("random", "target")

@@ -33,7 +33,9 @@ import time
 
 import torch
 
-from vllm_spd import checkpoint, layout as layout_mod
+from vllm_spd import checkpoint
+
+from vllm_spd.core import layout as layout_mod
 from vllm_spd.train import attention as attention_mod
 from vllm_spd.train import budget
 from vllm_spd.train import data as data_mod

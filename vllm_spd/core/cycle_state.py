@@ -1,7 +1,7 @@
 """The SPD cycle's state as tensors, advanced by branch-free torch functions.
 
-The same rules as :class:`~vllm_spd.pipeline.RequestPipeline` and
-:class:`~vllm_spd.pipeline.CommitGate` (the readable reference, ``verdict_lag`` 0),
+The same rules as :class:`~vllm_spd.core.pipeline.RequestPipeline` and
+:class:`~vllm_spd.core.pipeline.CommitGate` (the readable reference, ``verdict_lag`` 0),
 for a whole batch at once and without any host decision, so that a cycle can be
 captured in a CUDA graph and replayed back to back with no host work between cycles.
 Nothing here knows vLLM; ``device_cycle.py`` is the glue.

@@ -165,7 +165,7 @@ def make_device_drafters(cycle) -> dict:
         return {"oracle": OracleDrafter(cycle, priced=False), "oracle+pdm": OracleDrafter(cycle, priced=True)}
     lookup = None
     if cfg.drafter in ("ngram", "hybrid"):
-        from vllm_spd.device_lookup import DeviceLookup
+        from vllm_spd.drafters.device_lookup import DeviceLookup
 
         lookup = DeviceLookup(cycle.max_batch, cycle.runner.max_model_len, cycle.hidden.device)
     return {"ngram": LookupDrafter(cycle, lookup) if lookup is not None else None,

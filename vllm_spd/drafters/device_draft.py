@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from vllm_spd.cycle_state import CycleState
+from vllm_spd.core.cycle_state import CycleState
 from vllm_spd.kernels import aggregate_anchors
-from vllm_spd.staged import device_slots
+from vllm_spd.core.stage_plan import device_slots
 
 
 class DeviceDrafts:
@@ -123,8 +123,8 @@ class DeviceDrafts:
         last = torch.arange(P, device=dev) * q + (count - 1).clamp(min=0)
         if sampling is None:
             return self.pdm.draft_greedy(hidden[last], residual[last])
-        from vllm_spd import keyed_random as kr
-        from vllm_spd import verify
+        from vllm_spd.core import keyed_random as kr
+        from vllm_spd.core import verify
 
         warp, seed = sampling
         logits = self.pdm.draft_logits(hidden[last], residual[last]).float()

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from vllm_spd import verify
-from vllm_spd.ngram import match_ngram, propose_ngram
-from vllm_spd.staged import Chunk, to_device
-from vllm_spd.verdicts import row_params
+from vllm_spd.core import verify
+from vllm_spd.drafters.ngram import match_ngram, propose_ngram
+from vllm_spd.engine.staged import Chunk, to_device
+from vllm_spd.engine.verdicts import row_params
 
 if TYPE_CHECKING:
-    from vllm_spd.oracle import OracleDrafter
-    from vllm_spd.runner import SPDRequest
+    from vllm_spd.drafters.oracle import OracleDrafter
+    from vllm_spd.engine.runner import SPDRequest
 
 #: The drafts of one cycle, one per active request (None: no draft wanted).
 Finish = Callable[[], "list[int | None]"]
@@ -114,14 +114,14 @@ class DraftModule(Drafter):
         :meth:`capture`, run eagerly on CPU; None where it is off."""
         if not hasattr(self, "draft_graphs"):
             from vllm_spd import envs
-            from vllm_spd.draft_graphs import DraftGraphs
+            from vllm_spd.engine.draft_graphs import DraftGraphs
 
             cpu = self.runner.device.type != "cuda" and envs.draft_graphs()
             self.draft_graphs = DraftGraphs(self.runner) if cpu else None
         return self.draft_graphs
 
     def capture(self, size):
-        from vllm_spd.draft_graphs import DraftGraphs, graphs_supported
+        from vllm_spd.engine.draft_graphs import DraftGraphs, graphs_supported
 
         return self.runner._spd_capture_graphs(size, "the draft module", graphs_supported, DraftGraphs,
                                                "draft_graphs", owner=self)
@@ -278,7 +278,7 @@ class Oracle(Drafter):
     def proposer(self) -> OracleDrafter:
         """The recorded continuations, read from ``oracle_tokens`` once (unless given)."""
         if self._proposer is None:
-            from vllm_spd.oracle import OracleDrafter
+            from vllm_spd.drafters.oracle import OracleDrafter
 
             runner = self.runner
             cfg = runner.spd_cfg

@@ -117,7 +117,7 @@ def logprob_scores(raw: torch.Tensor, processed: torch.Tensor | None, mode: str,
     ``raw``: the logits before any rule; ``processed``: after the rules and min_tokens
     (None: the same as ``raw``); ``warp``: ``verify.warp_logits``'s keyword arguments for
     the rows (greedy rows are not warped, as in a batch of greedy rows in vLLM)."""
-    from vllm_spd import verify
+    from vllm_spd.core import verify
 
     if mode.startswith("raw"):
         x = raw.float()

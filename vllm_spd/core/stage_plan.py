@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from vllm_spd.cycle_state import CycleState
+from vllm_spd.core.cycle_state import CycleState
 from vllm_spd.kernels.backend import FusedKernel
 
 _PLAN = FusedKernel("stage plan")
@@ -52,6 +52,15 @@ class StagePlan:
         return self.runs[s], self.tok[s], self.pos[s]
 
 
+def device_slots(block_table: torch.Tensor, pos: torch.Tensor, ok: torch.Tensor, block_size: int) -> torch.Tensor:
+    """KV slot of each row's position (``block_table [R, blocks]``, ``pos`` and ``ok`` of
+    shape ``[R]`` or ``[R, k]``), computed on the device; -1 (no KV write) where not ``ok``."""
+    p = pos.clamp(min=0)
+    col = (p // block_size).clamp(max=block_table.shape[1] - 1)
+    blocks = block_table.gather(1, col if col.dim() == 2 else col[:, None]).view_as(p).to(torch.int64)
+    return torch.where(ok, blocks * block_size + p % block_size, torch.full_like(p, -1))
+
+
 def plan_stages(st: CycleState, live: torch.Tensor, block_table: torch.Tensor, block_size: int,
                 out: StagePlan) -> None:
     """Fill ``out`` (``[n, B]`` for the ``B`` rows of ``st``) for the cycle about to run.
@@ -66,7 +75,6 @@ def plan_stages(st: CycleState, live: torch.Tensor, block_table: torch.Tensor, b
 
 
 def plan_stages_reference(st: CycleState, live, block_table, block_size: int, out: StagePlan) -> None:
-    from vllm_spd.staged import device_slots
 
     runs, tok, pos = st.stage_plan(live)
     ok = runs & (pos < st.limit[None]) & (pos >= 0)

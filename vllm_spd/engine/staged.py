@@ -24,15 +24,6 @@ def to_device(values, device, dtype=torch.int64) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
-def device_slots(block_table: torch.Tensor, pos: torch.Tensor, ok: torch.Tensor, block_size: int) -> torch.Tensor:
-    """KV slot of each row's position (``block_table [R, blocks]``, ``pos`` and ``ok`` of
-    shape ``[R]`` or ``[R, k]``), computed on the device; -1 (no KV write) where not ``ok``."""
-    p = pos.clamp(min=0)
-    col = (p // block_size).clamp(max=block_table.shape[1] - 1)
-    blocks = block_table.gather(1, col if col.dim() == 2 else col[:, None]).view_as(p).to(torch.int64)
-    return torch.where(ok, blocks * block_size + p % block_size, torch.full_like(p, -1))
-
-
 def _replan(plan, buf: torch.Tensor) -> None:
     buf.copy_(plan())
 

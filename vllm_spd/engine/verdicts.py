@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_spd import verify
-from vllm_spd.staged import to_device
+from vllm_spd.core import verify
+from vllm_spd.engine.staged import to_device
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_spd.cycle_state import CycleState
+from vllm_spd.core.cycle_state import CycleState
 
 
 class DeviceLookup:

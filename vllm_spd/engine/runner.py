@@ -20,7 +20,7 @@ past it live only here; their KV slots are rewritten before anything reads them.
 Placement: with one worker, every stage runs here, stage after stage (exact, no
 speedup). With one stage per pipeline-parallel rank, every rank runs this same loop
 in lockstep on identical copies of the request pipelines; each runs only its own
-stage, and :class:`~vllm_spd.stage_link.StageLink` moves stage outputs and anchors
+stage, and :class:`~vllm_spd.engine.stage_link.StageLink` moves stage outputs and anchors
 between ranks. The *controller* (last stage) drafts, verifies and broadcasts each
 cycle's drafts and verdicts; the others apply them.
 """
@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vllm_spd import layout as layout_mod
-from vllm_spd.cycle_timer import CycleTimer
-from vllm_spd.drafting import Drafter, make_drafter
-from vllm_spd.pipeline import CommitGate, RequestPipeline
-from vllm_spd.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
-from vllm_spd.staged import Chunk, SliceRunner, to_device
-from vllm_spd.step_profiler import StepProfiler
-from vllm_spd.target_rules import TargetRules
-from vllm_spd.verdicts import RequestSampling, Verdicts, sample_target, verify_drafts
+from vllm_spd.core import layout as layout_mod
+from vllm_spd.engine.cycle_timer import CycleTimer
+from vllm_spd.drafters.drafting import Drafter, make_drafter
+from vllm_spd.core.pipeline import CommitGate, RequestPipeline
+from vllm_spd.engine.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
+from vllm_spd.engine.staged import Chunk, SliceRunner, to_device
+from vllm_spd.engine.step_profiler import StepProfiler
+from vllm_spd.engine.target_rules import TargetRules
+from vllm_spd.engine.verdicts import RequestSampling, Verdicts, sample_target, verify_drafts
 
 logger = logging.getLogger("vllm_spd")
 
@@ -138,7 +138,7 @@ class SPDRunnerMixin:
             self._spd_setup_stage_forward(tm, layer_names)
         extra = []
         if head_cfg is not None and self.spd_is_controller:
-            from vllm_spd.pdm import PipelineDraftModule
+            from vllm_spd.drafters.pdm import PipelineDraftModule
 
             from vllm.utils.torch_utils import set_default_torch_dtype
 
@@ -156,7 +156,7 @@ class SPDRunnerMixin:
             from vllm.model_executor.models.utils import PPMissingLayer
 
             if isinstance(tm.embed_tokens, PPMissingLayer):
-                from vllm_spd.target_weights import load_target_embedding
+                from vllm_spd.engine.target_weights import load_target_embedding
 
                 self.spd_embedding = load_target_embedding(self.vllm_config.load_config, self.model_config,
                                                            self.device)
@@ -291,7 +291,7 @@ class SPDRunnerMixin:
         logits = raw.clone() if ruled else raw
         self._spd_apply_min_tokens(logits, reqs)
         if ruled:
-            from vllm_spd.target_rules import apply_rules
+            from vllm_spd.engine.target_rules import apply_rules
 
             apply_rules(logits, [r.rules for r in reqs], [self.requests[r.req_id].output_token_ids for r in reqs])
         return raw, logits
@@ -371,7 +371,7 @@ class SPDRunnerMixin:
         chunks and handed out when the prompt is done (as vLLM's own runner does)."""
         from vllm.v1.outputs import LogprobsTensors
 
-        from vllm_spd import target_rules
+        from vllm_spd.engine import target_rules
 
         model = self.get_model()
         done = {}
@@ -411,8 +411,8 @@ class SPDRunnerMixin:
         rows = [r for r, req in enumerate(reqs) if req.rules is not None and req.rules.wants_logprobs]
         if not rows:
             return {}
-        from vllm_spd import target_rules
-        from vllm_spd.verdicts import row_params
+        from vllm_spd.engine import target_rules
+        from vllm_spd.engine.verdicts import row_params
 
         warp = row_params([reqs[r].sampling for r in rows], raw.device)
         warp.pop("generators")
@@ -753,7 +753,7 @@ class SPDRunnerMixin:
         GPU by :meth:`capture_model`, run eagerly on CPU; None where it is off."""
         if not hasattr(self, "spd_verify_graphs"):
             from vllm_spd import envs
-            from vllm_spd.verify_graphs import VerifyGraphs
+            from vllm_spd.engine.verify_graphs import VerifyGraphs
 
             cpu = self.device.type != "cuda" and envs.verify_graphs()
             self.spd_verify_graphs = VerifyGraphs.for_runner(self) if cpu else None
@@ -764,11 +764,11 @@ class SPDRunnerMixin:
         where supported), then the device cycle's (one worker)."""
         size = self.spd_drafter.capture(super().capture_model())
         if self.spd_is_controller:
-            from vllm_spd.verify_graphs import VerifyGraphs, graphs_supported
+            from vllm_spd.engine.verify_graphs import VerifyGraphs, graphs_supported
 
             size = self._spd_capture_graphs(size, "verification", graphs_supported, VerifyGraphs.for_runner,
                                             "spd_verify_graphs")
-        from vllm_spd import device_cycle
+        from vllm_spd.engine import device_cycle
 
         return self._spd_capture_graphs(size, "the device cycle", device_cycle.graphs_supported,
                                         device_cycle.DeviceCycle, "spd_device")
@@ -792,7 +792,7 @@ class SPDRunnerMixin:
         """The device-resident cycle (``device_cycle.py``): captured on a GPU by
         :meth:`capture_model`, eager on CPU; None where it is off."""
         if not hasattr(self, "spd_device"):
-            from vllm_spd import device_cycle
+            from vllm_spd.engine import device_cycle
 
             # On a GPU one worker's cycle is captured by capture_model; pipeline ranks run it eagerly.
             ok = device_cycle.applies(self) and (self.device.type != "cuda" or self.spd_link is not None)
@@ -801,7 +801,7 @@ class SPDRunnerMixin:
 
     def _spd_decide(self, active, launch_drafts):
         """Controller: this cycle's drafts (from ``launch_drafts``, see
-        :meth:`~vllm_spd.drafting.Drafter.begin`) enter the pipelines and the completing
+        :meth:`~vllm_spd.drafters.drafting.Drafter.begin`) enter the pipelines and the completing
         tokens' verdicts are read; with other ranks, the broadcast of both starts. Returns
         ``((drafts, verdicts), control)``."""
         timer = self.spd_timer

@@ -8,12 +8,12 @@ from vllm.v1.worker.gpu_worker import Worker
 
 from vllm_spd.plugin import PP_PARTITION_VAR, pp_partition
 
-from vllm_spd.runner import build_runner_class
+from vllm_spd.engine.runner import build_runner_class
 
 
 class _StageStepMixin:
     """One engine step per call on every rank: with one stage per pipeline rank the SPD
-    runner moves stage outputs itself (``vllm_spd.stage_link``), so vLLM's per-step
+    runner moves stage outputs itself (``vllm_spd.engine.stage_link``), so vLLM's per-step
     pipeline receive/send of intermediate tensors is skipped. Every rank returns the
     same committed tokens; the executor keeps the last rank's."""
 

@@ -9,7 +9,7 @@ one cycle's verdict to the next cycle's drafts. :class:`DraftGraphs` runs the sa
 computation from persistent input buffers:
 
 - the rows' anchors, types and the index of each request's last row go into buffers
-  of their own; the attention metadata into :class:`~vllm_spd.staged.GraphBuffers`;
+  of their own; the attention metadata into :class:`~vllm_spd.engine.staged.GraphBuffers`;
 - on a GPU the rows are padded to ``batch * q`` tokens that belong to no request (no
   query, no KV slot, position 0), and the metadata states the fixed upper bounds
   ``max_query_len = q`` and ``max_seq_len = max_model_len``, so a
@@ -28,7 +28,7 @@ import logging
 
 import torch
 
-from vllm_spd.staged import Chunk, GraphBuffers, HostMetadata, to_device
+from vllm_spd.engine.staged import Chunk, GraphBuffers, HostMetadata, to_device
 
 logger = logging.getLogger("vllm_spd")
 

@@ -29,7 +29,7 @@ import logging
 
 import torch
 
-from vllm_spd.draft_graphs import MAX_GRAPH_BATCH
+from vllm_spd.engine.draft_graphs import MAX_GRAPH_BATCH
 
 logger = logging.getLogger("vllm_spd")
 

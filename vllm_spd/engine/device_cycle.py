@@ -51,8 +51,8 @@ from dataclasses import dataclass
 import torch
 
 from vllm_spd import envs
-from vllm_spd.cycle_state import STEP_FIELDS, CycleState
-from vllm_spd.stage_plan import StagePlan, plan_stages
+from vllm_spd.core.cycle_state import STEP_FIELDS, CycleState
+from vllm_spd.core.stage_plan import StagePlan, plan_stages
 
 logger = logging.getLogger("vllm_spd")
 
@@ -114,7 +114,7 @@ class DeviceCycle:
         #: the draft module's anchor rings, where it is loaded (the controller)
         self.drafts = None
         if runner.spd_pdm is not None:
-            from vllm_spd.device_draft import DeviceDrafts
+            from vllm_spd.drafters.device_draft import DeviceDrafts
 
             self.drafts = DeviceDrafts(runner, P)
         #: the stage slices (and the draft module's layers) compiled by Inductor where the
@@ -132,7 +132,7 @@ class DeviceCycle:
         #: the controller's drafter for each ``drafting`` (``device_drafters.py``)
         self.drafters = {}
         if self.controller:
-            from vllm_spd.device_drafters import make_device_drafters
+            from vllm_spd.drafters.device_drafters import make_device_drafters
 
             self.drafters = make_device_drafters(self)
         #: (padded batch, mode) -> {cycles: the graph of that many cycles}, for ``per_launch`` and 1
@@ -193,7 +193,7 @@ class DeviceCycle:
 
     # -- one engine step -----------------------------------------------------------------
     def run_step(self, work, stats) -> dict[str, list[int]]:
-        from vllm_spd.runner import StepStats
+        from vllm_spd.engine.runner import StepStats
 
         runner = self.runner
         reqs = [runner.spd_requests[req_id] for _, req_id, _ in work]
@@ -434,7 +434,7 @@ class DeviceCycle:
 
     def _store(self, req, snap, b, row: "Row") -> None:
         """The row's window and carried hidden states back into the request's state."""
-        from vllm_spd.pipeline import InFlight
+        from vllm_spd.core.pipeline import InFlight
 
         req.pipe.window = [InFlight(row.head - j, row.tok[j], row.depth[j]) for j in range(row.wlen)]
         req.pipe.committed_len = row.committed_len
@@ -544,8 +544,8 @@ class DeviceCycle:
         """The verdict function for a batch with sampled rows (see ``CycleState.advance``):
         rejection sampling of each candidate against the target's warped distribution,
         the draws keyed on (seed, the candidate's position); greedy rows take the argmax."""
-        from vllm_spd import keyed_random as kr
-        from vllm_spd import verify
+        from vllm_spd.core import keyed_random as kr
+        from vllm_spd.core import verify
 
         seed = self.seed[:P]
 
@@ -608,7 +608,7 @@ class DeviceCycle:
     # -- graphs and timing --------------------------------------------------------------
     def _compile(self, backend: str | None) -> None:
         """Compile the stage slices and the draft module's layers with ``backend`` (None: run them eagerly)."""
-        from vllm_spd.stage_compile import CompiledStages
+        from vllm_spd.engine.stage_compile import CompiledStages
 
         self.compiled = None if backend is None else CompiledStages(self.runner.get_model().model.layers, backend)
         if self.drafts is not None:
