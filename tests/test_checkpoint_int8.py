@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vllm_spd import checkpoint, head as head_mod
-from vllm_spd.head import init_head
 from vllm_spd.core.layout import StageLayout
+from vllm_spd.head import init_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

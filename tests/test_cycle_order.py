@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vllm_spd.engine.cycle_timer import CycleTimer
 from vllm_spd.core.pipeline import CommitGate, RequestPipeline
+from vllm_spd.engine.cycle_timer import CycleTimer
 from vllm_spd.engine.runner import SPDRequest, SPDRunnerMixin
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from spd_models import mirror_head, predictable_target
-from vllm_spd.engine import runner as spd_runner
 from vllm_spd.core import verify
+from vllm_spd.engine import runner as spd_runner
 from vllm_spd.head import init_head
 
 PROMPT = "def fibonacci(n):"

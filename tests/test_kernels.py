@@ -35,8 +35,8 @@ from vllm_spd.kernels import (
     pack_aggregation_weights,
     resolve_backend,
 )
-from vllm_spd.kernels.aggregation import type_offset
 from vllm_spd.core.verify import target_probs
+from vllm_spd.kernels.aggregation import type_offset
 
 ON_GPU = torch.cuda.is_available()
 _SET_INTERPRET = not ON_GPU and "triton" not in sys.modules

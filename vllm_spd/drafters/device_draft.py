@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 
 from vllm_spd.core.cycle_state import CycleState
-from vllm_spd.kernels import aggregate_anchors
 from vllm_spd.core.stage_plan import device_slots
+from vllm_spd.kernels import aggregate_anchors
 
 
 class DeviceDrafts:

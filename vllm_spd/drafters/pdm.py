@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from vllm_spd import checkpoint
-from vllm_spd.kernels import aggregate_anchors, draft_head, pack_aggregation_weights
 from vllm_spd.head import tower_config
+from vllm_spd.kernels import aggregate_anchors, draft_head, pack_aggregation_weights
 
 PREFIX = "spd_pdm"
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from vllm_spd.core import layout as layout_mod
-from vllm_spd.engine.cycle_timer import CycleTimer
-from vllm_spd.drafters.drafting import Drafter, make_drafter
 from vllm_spd.core.pipeline import CommitGate, RequestPipeline
+from vllm_spd.drafters.drafting import Drafter, make_drafter
+from vllm_spd.engine.cycle_timer import CycleTimer
 from vllm_spd.engine.stage_link import CONTROL_FIELDS, TAG_ANCHORS, TAG_STAGE, StageLink, decode_control, encode_control
 from vllm_spd.engine.staged import Chunk, SliceRunner, to_device
 from vllm_spd.engine.step_profiler import StepProfiler

@@ -20,8 +20,8 @@ import copy
 import torch
 from torch import nn
 
-from vllm_spd.head import family_class, tower_config, tower_layer_class
 from vllm_spd.core.layout import StageLayout
+from vllm_spd.head import family_class, tower_config, tower_layer_class
 from vllm_spd.train.attention import ATTENTION
 
 TOWER_INITS = ("random", "target")

@@ -39,11 +39,11 @@ from vllm_spd.core import layout as layout_mod
 from vllm_spd.train import attention as attention_mod
 from vllm_spd.train import budget
 from vllm_spd.train import data as data_mod
-from vllm_spd.train.distributed import Dist
 from vllm_spd.train import invent as invent_mod
 from vllm_spd.train import mask as mask_mod
 from vllm_spd.train import openers as openers_mod
 from vllm_spd.train import vocab as vocab_mod
+from vllm_spd.train.distributed import Dist
 from vllm_spd.train.loss import distill_loss
 from vllm_spd.train.model import TOWER_INITS, DraftModule
 
