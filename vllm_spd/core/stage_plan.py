@@ -75,7 +75,6 @@ def plan_stages(st: CycleState, live: torch.Tensor, block_table: torch.Tensor, b
 
 
 def plan_stages_reference(st: CycleState, live, block_table, block_size: int, out: StagePlan) -> None:
-
     runs, tok, pos = st.stage_plan(live)
     ok = runs & (pos < st.limit[None]) & (pos >= 0)
     p = pos.clamp(min=0)
