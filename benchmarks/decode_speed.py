@@ -313,6 +313,10 @@ def run_system(a) -> list[dict]:
                 llm.collective_rpc(_timer, args=(True,))
                 _timed(llm, prompts, a.output_len)
                 rows[-1]["cycle_split"] = llm.collective_rpc(_timer, args=(False,))
+                if base["verdict_lag"] == 0:   # the device cycle: each rank's host and device time per cycle
+                    llm.collective_rpc(_device_timing, args=(True,))
+                    _timed(llm, prompts, a.output_len)
+                    rows[-1]["device_cycle_timing_per_rank"] = llm.collective_rpc(_device_timing, args=(False,))
                 if any(llm.collective_rpc(_verify_graphs, args=(False,))):
                     # the same row with greedy verification eager: what its graphs save
                     rows.append(_speed(llm, prompts, a, {**base, "drafter": "oracle", "alpha": alpha,
@@ -453,6 +457,10 @@ def print_table(rows: list[dict]) -> None:
                     count = t["resident_steps"] if kind == "resident" else t["steps"] - t["resident_steps"]
                     print(f"{'':8s}step load, {kind} ({count} steps): {t[f'step_load_{kind}_us']} us: "
                           + ", ".join(f"{k} {v}" for k, v in phases.items()))
+        for rank, t in enumerate(r.get("device_cycle_timing_per_rank") or []):
+            if t:
+                print(f"{'':8s}rank {rank}: device cycle, host {t['host_us_per_cycle']} us/cycle, device "
+                      f"{t['device_ms_per_cycle']} ms/cycle (its hop included), {t['cycles']} cycles")
         for rank, split in enumerate(r.get("cycle_split") or []):
             parts = " ".join(f"{k}={v:.3f}" for k, v in split["ms_per_cycle"].items())
             print(f"{'':8s}rank {rank}: {split['total_ms_per_cycle']:.3f} ms/cycle ({parts})")

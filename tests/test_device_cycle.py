@@ -342,11 +342,11 @@ def pause_and_resume(model, recorded, placement: str) -> None:
               speculative_config=spec, max_num_batched_tokens=36, enable_chunked_prefill=True,
               disable_log_stats=False)
     out = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
-    steps = llm.collective_rpc(_device_steps)[0]
+    steps = llm.collective_rpc(_device_steps)
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    assert steps
+    assert steps[0] and all(s == steps[0] for s in steps), steps   # every rank ran every step
     assert_identical(reference, out)
 
 

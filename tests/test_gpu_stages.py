@@ -1,6 +1,7 @@
 """One stage per GPU (NCCL between ranks), decode stages through vLLM's compiled model
 and its full decode CUDA graphs (padded batches included: four prompts while the
-pipelines fill): greedy output identical to plain vLLM, also compiled.
+pipelines fill): greedy output identical to plain vLLM, also compiled; and the device
+cycle across ranks, each rank's part captured in CUDA graphs.
 Skipped without at least two CUDA GPUs (CI has none)."""
 
 import pytest
@@ -39,3 +40,47 @@ def test_gpu_pipeline_compiled_matches_plain(tiny_qwen3, num_stages, tmp_path, m
     (plain, _), (spd, counters) = results
     assert spd == plain
     assert counters["vllm:spec_decode_num_accepted_tokens"] > 0.6 * counters["vllm:spec_decode_num_draft_tokens"]
+
+
+def _rank_cycle(worker):
+    device = getattr(worker.model_runner, "spd_device", None)
+    if device is None:
+        return None
+    return {"graphs": len(device.graphs), "steps": device.steps, "cycles": device.cycles_run}
+
+
+@pytest.mark.parametrize("num_stages", [2, 4])
+def test_gpu_pipeline_device_cycle_graphs_match_plain(tiny_qwen3, num_stages, tmp_path, monkeypatch):
+    """``verdict_lag`` 0 across ranks on GPUs: every rank replays its part of the cycle
+    as CUDA graphs with the hop between ranks (NCCL) launched between them. Greedy
+    output identical to plain vLLM with the draft module and with prompt lookup, and
+    every rank ran the same captured cycles."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    from spd_models import mirror_head, predictable_target
+
+    if torch.cuda.device_count() < num_stages:
+        pytest.skip(f"needs {num_stages} GPUs")
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    target = predictable_target(tiny_qwen3, str(tmp_path / "pt"))
+    head = mirror_head(target, num_stages, str(tmp_path / "head"))
+    prompts = ["def fibonacci(n):", "The capital of France is", "import numpy as np\n", "Once upon a time"]
+    sp = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    spd = {"method": "spd", "num_stages": num_stages, "stage_placement": "pipeline", "verdict_lag": 0}
+    outs, cycles = [], []
+    for spec in (None, {**spd, "model": head}, {**spd, "drafter": "ngram"}):
+        llm = LLM(model=target, dtype="float32", max_model_len=512, seed=0, gpu_memory_utilization=0.3,
+                  speculative_config=spec)
+        outs.append([list(o.outputs[0].token_ids) for o in llm.generate(prompts, sp, use_tqdm=False)])
+        if spec is not None:
+            cycles.append(llm.collective_rpc(_rank_cycle))
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    plain, *spds = outs
+    for out, ranks in zip(spds, cycles):
+        assert out == plain
+        assert len(ranks) == num_stages and all(r == ranks[0] for r in ranks), ranks
+        assert ranks[0]["graphs"] > 0 and ranks[0]["steps"] > 0, ranks

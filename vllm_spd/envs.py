@@ -16,6 +16,9 @@ DRAFT_GRAPHS_VAR = "VLLM_SPD_DRAFT_GRAPHS"
 VERIFY_GRAPHS_VAR = "VLLM_SPD_VERIFY_GRAPHS"
 #: "0" keeps every decode step on the host-driven cycle (no device-resident cycle).
 DEVICE_CYCLE_VAR = "VLLM_SPD_DEVICE_CYCLE"
+#: "0" runs the device cycle eagerly on pipeline ranks instead of replaying each rank's
+#: CUDA graphs around the hop between ranks.
+RANK_GRAPHS_VAR = "VLLM_SPD_RANK_GRAPHS"
 #: torch.compile backend of the device cycle's stage slices (``stage_compile.py``): unset,
 #: "inductor" where the cycle's CUDA graphs are captured and none elsewhere; "0" runs them
 #: eagerly; a backend named here is used on CPU too.
@@ -67,6 +70,10 @@ def verify_graphs() -> bool:
 
 def device_cycle() -> bool:
     return _on(DEVICE_CYCLE_VAR)
+
+
+def rank_graphs() -> bool:
+    return _on(RANK_GRAPHS_VAR)
 
 
 def stage_compile(default: str | None) -> str | None:

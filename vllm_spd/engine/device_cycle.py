@@ -32,11 +32,18 @@ graphs, with each stage's slice of layers compiled by Inductor (``stage_compile.
 on CPU the same program runs eagerly (metadata rebuilt by the CPU backend's builder every
 stage), which is what the CPU tests check against plain vLLM.
 
-Serves the one-worker placement at ``verdict_lag`` 0 with every drafter (the draft
-module, prompt lookup in ``device_lookup.py``, their hybrid, the benchmark oracle),
-greedy and sampled requests alike; pipeline ranks and ``verdict_lag`` 1 take the
-host-driven cycle in ``runner.py``. Both
-work on the same per-request state (``RequestPipeline``, each token's carried hidden
+On pipeline ranks each rank runs its own stage. A cycle there is its compute (the
+controller also drafts and verifies), the *hop* (the controller's drafts and verdicts
+broadcast to every rank, each stage's rows to the next, anchors to the controller, all
+on the data group) and what the hop brought (each rank advances its copy of the state
+with the verdicts). On a GPU the compute and that last part are two CUDA graphs per
+padded batch and mode, and the hop runs eagerly between their launches: NCCL orders
+it on the stream, so the host never waits, and NCCL is not inside the graphs.
+
+Serves ``verdict_lag`` 0, in one worker and across pipeline ranks, with every drafter
+(the draft module, prompt lookup in ``device_lookup.py``, their hybrid, the benchmark
+oracle), greedy and sampled requests alike; ``verdict_lag`` 1 takes the host-driven
+cycle in ``runner.py``. Both work on the same per-request state (``RequestPipeline``, each token's carried hidden
 state, anchors and draft proposals), so a request can move between them at any step.
 Seeded requests draw differently in the two (keyed draws here, the request's generator
 there); each is exact.
@@ -78,13 +85,13 @@ class DeviceCycle:
         cfg = runner.spd_cfg
         self.n = lay.num_stages
         self.cycles_per_step = cfg.cycles_per_step
+        #: pipeline ranks: this rank's link, its stage and whether it is the controller
+        #: (which drafts and verifies); one worker: no link, every stage, the controller
+        self.link = runner.spd_link
         #: cycles one launch runs (one graph holds them); a step's cycles past its whole
         #: launches run one per launch
         self.per_launch = self._launch_size(envs.cycles_per_graph())
         self.on_gpu = runner.device.type == "cuda"
-        #: pipeline ranks: this rank's link, its stage and whether it is the controller
-        #: (which drafts and verifies); one worker: no link, every stage, the controller
-        self.link = runner.spd_link
         self.here = runner._spd_stages_here()
         self.controller = runner.spd_is_controller
         max_seqs = runner.scheduler_config.max_num_seqs
@@ -129,6 +136,8 @@ class DeviceCycle:
         self.seed = torch.zeros(P, dtype=torch.int64, device=dev)
         #: pipeline ranks: each cycle's (draft, resolved target) per row, from the controller
         self.verdict = torch.zeros(P, 2, dtype=torch.int64, device=dev)
+        #: pipeline ranks: padded batch -> the hop's buffers (``_hop_buffers``)
+        self._hops: dict[int, Hop] = {}
         #: the controller's drafter for each ``drafting`` (``device_drafters.py``)
         self.drafters = {}
         if self.controller:
@@ -150,7 +159,7 @@ class DeviceCycle:
         self.timing = False
         self.samples: dict[str, list[float]] = {key: [] for key in TIMING_SAMPLES}
         if self.link is not None:
-            logger.info("spd: the device cycle runs stage %d of %d on this rank (%s), eagerly", self.link.stage,
+            logger.info("spd: the device cycle runs stage %d of %d on this rank (%s)", self.link.stage,
                         self.n, "the controller" if self.controller else "rows to the next stage")
 
     # -- which steps it serves ---------------------------------------------------------
@@ -445,6 +454,17 @@ class DeviceCycle:
 
     # -- one cycle (what a graph holds) ----------------------------------------------------
     def _cycle(self, P: int, mode: tuple) -> None:
+        """One whole cycle: on one worker its compute; on a pipeline rank its compute, the
+        hop between ranks, then what the hop brought (:class:`HopGraphs` replays the same
+        three parts, the hop eagerly between two graphs)."""
+        hop = self._compute(P, mode)
+        if hop is not None:
+            self._communicate(P, hop)
+            self._absorb(P, hop)
+
+    def _compute(self, P: int, mode: tuple) -> "Hop | None":
+        """A cycle up to the hop: drafting, the stages here, and on the controller the
+        verdicts; on a pipeline rank returns what the hop sends and receives."""
         runner = self.runner
         model = runner.get_model()
         tm = model.model
@@ -502,35 +522,57 @@ class DeviceCycle:
             if drafts is not None:
                 drafts.entered(part, live, runner._spd_embed)
             drafter.committed(part, live)
-        if self.link is not None:
-            self._hop(P, live, started, caught_here)
+        if self.link is None:
+            return None
+        s = self.link.stage
+        outbound = [] if ctrl else \
+            runner._spd_outbound(s, self.hidden[s + 1, :P], self.residual[s + 1, :P], caught_here)
+        hop = self._hop_buffers(P, outbound)
+        hop.live.copy_(live)
+        for (buf, _, _), (out, _, _) in zip(hop.sends, outbound):
+            buf.copy_(out)
+        hop.started = started
+        return hop
 
-    def _hop(self, P: int, live, started: dict, caught: dict) -> None:
-        """Pipeline ranks, after the stage: the controller's (draft, resolved target) of
-        every row to every rank, which advances its own copy of the state with them (so
-        every rank knows what each stage runs, with no host in between); then each
-        stage's rows to the next stage, and its anchors to the controller (with the
-        rows when the next stage is the controller). All of it on the data group, on
-        NCCL without the host waiting."""
-        link, runner = self.link, self.runner
+    def _hop_buffers(self, P: int, outbound: list) -> "Hop":
+        """The hop's buffers for ``P`` rows, shaped after this cycle's ``outbound``
+        messages and the rank's inbound ones, allocated on first use (a warm-up, never
+        inside a capture) and kept: a rank's captured graphs write the sends and read
+        the receives at fixed addresses, and the hop between them uses the same ones."""
+        hop = self._hops.get(P)
+        if hop is None:
+            H, dev = self.runner.spd_hidden_size, self.hidden.device
+            sends = [(torch.zeros_like(out), stage, tag) for out, stage, tag in outbound]
+            # what the host-driven cycle receives per cycle, the same messages
+            recvs = [(torch.zeros(2 * carries + len(ks), P, H, dtype=self.hidden.dtype, device=dev),
+                      src, tag, ks, carries) for src, tag, ks, carries in self.runner.spd_inbound]
+            hop = self._hops[P] = Hop(torch.zeros(P, dtype=torch.bool, device=dev), sends, recvs)
+        return hop
+
+    def _communicate(self, P: int, hop: "Hop") -> None:
+        """The hop between pipeline ranks: the controller's (draft, resolved target) of
+        every row to every rank, then each stage's rows to the next stage and its
+        anchors to the controller (with the rows when the next stage is the controller).
+        All of it on the data group: on NCCL the stream waits for it, the host does not."""
+        self.link.broadcast_from_controller(self.verdict[:P])
+        self.link.exchange(hop.sends, [(buf, src, tag) for buf, src, tag, _, _ in hop.recvs])
+
+    def _absorb(self, P: int, hop: "Hop") -> None:
+        """After the hop: a rank other than the controller advances its copy of the state
+        with the controller's verdicts (so every rank knows what each stage runs, with no
+        host in between); the rows of the stage before go where this rank's stage runs
+        them next cycle, and on the controller the anchors into the draft module's rings."""
+        s = self.link.stage
         verdict = self.verdict[:P]
-        link.broadcast_from_controller(verdict)
         if not self.controller:
-            self.state.rows(P).advance(live, verdict[:, 0].clone(), verdict[:, 1].clone())
-        s, H = link.stage, runner.spd_hidden_size
-        sends = [] if self.controller else \
-            runner._spd_outbound(s, self.hidden[s + 1, :P], self.residual[s + 1, :P], caught)
-        # what the host-driven cycle receives per cycle, the same messages
-        recvs = [(torch.empty(2 * carries + len(ks), P, H, dtype=self.hidden.dtype, device=self.hidden.device),
-                  src, tag, ks, carries) for src, tag, ks, carries in runner.spd_inbound]
-        link.exchange(sends, [(buf, src, tag) for buf, src, tag, _, _ in recvs])
-        keep = live[:, None]
-        for buf, src, _, ks, carries in recvs:
+            self.state.rows(P).advance(hop.live, verdict[:, 0].clone(), verdict[:, 1].clone())
+        keep = hop.live[:, None]
+        for buf, src, _, ks, carries in hop.recvs:
             if carries:   # the rows of the stage before: this rank's stage runs them next cycle
                 self.hidden[s, :P].copy_(torch.where(keep, buf[0], self.hidden[s, :P]))
                 self.residual[s, :P].copy_(torch.where(keep, buf[1], self.residual[s, :P]))
             if ks and self.drafts is not None:
-                runs, _, pos = started[src]
+                runs, _, pos = hop.started[src]
                 self.drafts.stage_done(src, {k: buf[2 * carries + i] for i, k in enumerate(ks)}, pos, runs)
 
     def _warp(self, P: int, mode: tuple) -> dict:
@@ -631,24 +673,20 @@ class DeviceCycle:
 
     @torch.inference_mode()
     def _capture(self, P: int, mode: tuple) -> dict:
-        """The graphs of ``per_launch`` cycles and of one for ``P`` rows. Captured on dead
-        rows (no KV writes, no state change); replays read whatever the state holds then. Should
-        FlashAttention's schedule fail to plan or capture inside the cycle, each layer
-        plans its own again and the capture is retried."""
+        """The graphs of ``per_launch`` cycles and of one for ``P`` rows (on a pipeline
+        rank: :class:`HopGraphs`). Captured on dead rows (no KV writes, no state change);
+        replays read whatever the state holds then. Should the layers fail to compile,
+        or FlashAttention's schedule fail to plan or capture inside the cycle, the layers
+        run eagerly, or each layer plans its own schedule again, and the capture is
+        retried. A rank captures alone: its warm-up and its graphs leave out the hop, so
+        no rank waits for another."""
         st = self.state
         saved = st.real.clone()
         st.real.zero_()
         if not hasattr(self, "_pool"):
             self._pool = torch.cuda.graph_pool_handle()
-        graphs = {c: torch.cuda.CUDAGraph() for c in {self.per_launch, 1}}
         try:
-            self._cycle(P, mode)                  # warm-up outside the capture
-            torch.cuda.synchronize()
-            for c, graph in graphs.items():
-                with torch.cuda.graph(graph, pool=self._pool):
-                    for _ in range(c):
-                        self._cycle(P, mode)
-                torch.cuda.synchronize()
+            graphs = self._record(P, mode)
         except Exception as err:
             if self.compiled is not None:   # the layers as vLLM's CUDA kernels run them, one by one
                 logger.warning("spd: compiling the device cycle's layers failed (%s: %s); they run eagerly, "
@@ -673,9 +711,33 @@ class DeviceCycle:
         self.graphs[(P, mode)] = graphs
         return graphs
 
+    def _record(self, P: int, mode: tuple) -> dict:
+        """Warm up, then capture (see :meth:`_capture`)."""
+        if self.link is not None:
+            hop = self._compute(P, mode)          # warm-up outside the capture, the hop left out
+            self._absorb(P, hop)
+            torch.cuda.synchronize()
+            compute, absorb = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(compute, pool=self._pool):
+                hop = self._compute(P, mode)
+            with torch.cuda.graph(absorb, pool=self._pool):
+                self._absorb(P, hop)
+            torch.cuda.synchronize()
+            return {1: HopGraphs(self, P, compute, hop, absorb)}
+        graphs = {c: torch.cuda.CUDAGraph() for c in {self.per_launch, 1}}
+        self._cycle(P, mode)                  # warm-up outside the capture
+        torch.cuda.synchronize()
+        for c, graph in graphs.items():
+            with torch.cuda.graph(graph, pool=self._pool):
+                for _ in range(c):
+                    self._cycle(P, mode)
+            torch.cuda.synchronize()
+        return graphs
+
     def _launch_size(self, k: int) -> int:
-        """``k`` cycles per launch as taken: 1 to ``cycles_per_step``."""
-        return max(1, min(k, self.cycles_per_step))
+        """``k`` cycles per launch as taken: 1 to ``cycles_per_step``; 1 on a pipeline
+        rank, whose hop runs between each cycle's graphs."""
+        return 1 if self.link is not None else max(1, min(k, self.cycles_per_step))
 
     def set_cycles_per_graph(self, k: int) -> int:
         """Launch ``k`` cycles per graph from now on (at most ``cycles_per_step``),
@@ -801,6 +863,33 @@ class Resident:
                 and all(a is b for a, b in zip(reqs, self.reqs)))
 
 
+@dataclass
+class Hop:
+    """A pipeline rank's traffic of one cycle, in buffers kept for its padded batch:
+    which rows took part (``live``), the messages it sends and receives
+    (``(tensor, stage, tag)``; receives also carry their anchor ids and whether they
+    hold rows) and, on the controller, what each stage ran (``started``), for the
+    anchors that arrive."""
+    live: torch.Tensor
+    sends: list
+    recvs: list
+    started: dict | None = None
+
+
+class HopGraphs:
+    """A pipeline rank's cycle as two CUDA graphs, the cycle's compute and what the hop
+    brought, with the hop between them launched eagerly (on NCCL the stream waits for
+    it, the host does not): one cycle a launch, no host wait."""
+
+    def __init__(self, cycle: DeviceCycle, P: int, compute, hop: Hop, absorb):
+        self.cycle, self.P, self.compute, self.hop, self.absorb = cycle, P, compute, hop, absorb
+
+    def replay(self) -> None:
+        self.compute.replay()
+        self.cycle._communicate(self.P, self.hop)
+        self.absorb.replay()
+
+
 def _median_or_none(values: list) -> float | None:
     import statistics
 
@@ -839,8 +928,8 @@ def graphs_supported(runner) -> tuple[bool, str]:
     if not applies(runner):
         why = f"{envs.DEVICE_CYCLE_VAR}=0" if not envs.device_cycle() else "it serves verdict_lag 0 only"
         return False, why
-    if runner.spd_link is not None:
-        return False, "pipeline ranks run it eagerly (NCCL inside its graphs is not built yet)"
+    if runner.spd_link is not None and not envs.rank_graphs():
+        return False, f"{envs.RANK_GRAPHS_VAR}=0"
     if runner.model_config.enforce_eager:
         return False, "vLLM runs eagerly"
     from vllm.v1.attention.backend import AttentionCGSupport

@@ -761,7 +761,7 @@ class SPDRunnerMixin:
 
     def capture_model(self):
         """vLLM's graphs, then the draft module's and verification's (on the controller,
-        where supported), then the device cycle's (one worker)."""
+        where supported), then the device cycle's (one worker, or this rank's part)."""
         size = self.spd_drafter.capture(super().capture_model())
         if self.spd_is_controller:
             from vllm_spd.engine.verify_graphs import VerifyGraphs, graphs_supported
@@ -794,7 +794,8 @@ class SPDRunnerMixin:
         if not hasattr(self, "spd_device"):
             from vllm_spd.engine import device_cycle
 
-            # On a GPU one worker's cycle is captured by capture_model; pipeline ranks run it eagerly.
+            # Not captured on a GPU: one worker takes the host-driven cycle, pipeline ranks
+            # run the device cycle eagerly (every rank decides the same from the configuration).
             ok = device_cycle.applies(self) and (self.device.type != "cuda" or self.spd_link is not None)
             self.spd_device = device_cycle.DeviceCycle(self) if ok else None
         return self.spd_device
