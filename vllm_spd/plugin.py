@@ -74,6 +74,11 @@ def register() -> None:
     from vllm.v1.metrics.loggers import LoggingStatLogger
 
     _wrap(LoggingStatLogger, "__init__", _logging_stat_logger_init)
+    from vllm.v1.engine import core
+
+    for engine_core in (core.EngineCoreProc, getattr(core, "DPEngineCoreProc", None)):
+        if engine_core is not None and "run_busy_loop" in vars(engine_core):
+            _wrap(engine_core, "run_busy_loop", _watch_input)
     _registered = True
     logger.debug("vllm_spd registered")
 
@@ -108,6 +113,15 @@ def _logging_stat_logger_init(original, self, vllm_config, *args, **kwargs):
                           num_draft_tokens_per_pos=stats.num_draft_tokens_per_pos[:1]))
 
         self.spec_decoding_logging.observe = observe
+
+
+def _watch_input(original, self, *args, **kwargs):
+    """The engine core's busy loop, its input queue watched by SPD's decode steps
+    (``engine/arrivals.py``), so that a step ends early when a request arrives."""
+    from vllm_spd.engine import arrivals
+
+    arrivals.watch(self.input_queue)
+    return original(self, *args, **kwargs)
 
 
 def _wrap_property(cls, name: str, replacement) -> None:

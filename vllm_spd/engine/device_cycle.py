@@ -1,7 +1,9 @@
-"""The SPD cycle on the device, for all stages in one worker.
+"""The SPD cycle on the device: all stages in one worker, or each rank's stage on pipeline ranks.
 
-One engine step launches ``cycles_per_step`` cycles back to back with no host work or
-wait between them, and reads the committed ring once at the end. The batch's windows
+One engine step launches up to ``cycles_per_step`` cycles back to back with no host work
+between them, and reads the committed ring once at the end (one worker in the engine
+core's process ends a step early when input waits for the engine core, see
+``arrivals.py``). The batch's windows
 (with each in-flight token's hidden state by depth, its anchors) are loaded into a
 :class:`CycleState` when the batch changes; while the same requests decode step after
 step in the same rows, their state stays *resident* on the device, and a step loads only
@@ -59,6 +61,7 @@ import torch
 
 from vllm_spd import envs
 from vllm_spd.core.cycle_state import STEP_FIELDS, CycleState
+from vllm_spd.engine import arrivals
 from vllm_spd.core.stage_plan import StagePlan, plan_stages
 
 logger = logging.getLogger("vllm_spd")
@@ -67,6 +70,8 @@ logger = logging.getLogger("vllm_spd")
 STOP_SLOTS = 16
 #: Padded batch sizes with a captured cycle graph; larger batches take the host cycle.
 GRAPH_BATCHES = (1, 2, 4, 8, 16)
+#: Launches the host keeps queued on the GPU while it watches for input mid-step.
+LAUNCHES_AHEAD = 2
 #: What ``set_timing`` collects: per launch its host time and its cycles; per step its
 #: host time, the load's share of it, the load's phases (``LOAD_PHASES``) and its launches.
 TIMING_SAMPLES = ("launch_us", "launch_cycles", "step_host_us", "step_load_us", "load_phases_us", "step_launches",
@@ -155,6 +160,8 @@ class DeviceCycle:
         self.resident_steps = 0
         #: cycles launched over all steps
         self.cycles_run = 0
+        #: steps ended early because input waited for the engine core (``arrivals.py``)
+        self.steps_cut = 0
         #: with ``timing`` on (``set_timing``): launch time and CUDA events per cycle, host time per step
         self.timing = False
         self.samples: dict[str, list[float]] = {key: [] for key in TIMING_SAMPLES}
@@ -229,10 +236,21 @@ class DeviceCycle:
             cycles, blocks = self._load(work, reqs, P, drafter)
         host = time.perf_counter() - t0
         timed = self.timing and graphs is not None
-        self.cycles_run += cycles
         whole, rest = divmod(cycles, self.per_launch)
         launches = [self.per_launch] * whole + [1] * rest
-        for c in launches:
+        # One worker: input waiting for the engine core (a new request, an abort) ends the
+        # step early; the host then keeps at most LAUNCHES_AHEAD launches queued, so that
+        # it looks while the cycles run, not all at the step's start. Pipeline ranks run
+        # whole steps (every rank must run the same cycles).
+        watch = self.link is None and arrivals.watching()
+        marks, ran = [], 0
+        for i, c in enumerate(launches):
+            if watch and i:
+                if len(marks) >= LAUNCHES_AHEAD:
+                    marks[-LAUNCHES_AHEAD].synchronize()
+                if arrivals.pending():
+                    self.steps_cut += 1
+                    break
             if timed:
                 self._timed_launch(graphs[c], c)
             elif graphs is not None:
@@ -240,6 +258,11 @@ class DeviceCycle:
             else:
                 for _ in range(c):
                     self._cycle(P, mode)
+            ran += c
+            if watch and self.on_gpu:
+                marks.append(torch.cuda.Event())
+                marks[-1].record()
+        self.cycles_run += ran
         st = self.state
         out = torch.cat([st.tok[:B], st.depth[:B], st.ring[:B],
                          torch.stack([st.head, st.wlen, st.committed_len, st.ring_len, st.cycles, st.verified,
