@@ -740,10 +740,12 @@ class DeviceCycle:
             hop = self._compute(P, mode)          # warm-up outside the capture, the hop left out
             self._absorb(P, hop)
             torch.cuda.synchronize()
+            # thread_local: ProcessGroupNCCL's watchdog thread keeps querying this rank's
+            # earlier NCCL work while a mode is captured mid-serving
             compute, absorb = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(compute, pool=self._pool):
+            with torch.cuda.graph(compute, pool=self._pool, capture_error_mode="thread_local"):
                 hop = self._compute(P, mode)
-            with torch.cuda.graph(absorb, pool=self._pool):
+            with torch.cuda.graph(absorb, pool=self._pool, capture_error_mode="thread_local"):
                 self._absorb(P, hop)
             torch.cuda.synchronize()
             return {1: HopGraphs(self, P, compute, hop, absorb)}
