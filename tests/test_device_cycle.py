@@ -198,7 +198,7 @@ def test_a_step_that_prefills_commits_one_token_per_decoding_request(tiny_qwen3,
     outputs equal plain vLLM's, with the device cycle and with the host cycle."""
     monkeypatch.setenv("VLLM_SPD_DEVICE_CYCLE", device_cycle)
     path, reference = recorded
-    steps = ByHand(path, cycles_per_step=4)
+    steps = ByHand(tiny_qwen3, path, cycles_per_step=4)
     try:
         steps.add("A", PROMPTS[0])
         steps.until("A", 12)
@@ -214,18 +214,16 @@ def test_a_step_that_prefills_commits_one_token_per_decoding_request(tiny_qwen3,
 
 
 class ByHand:
-    """One-worker SPD on tiny Qwen3 at n=2 (oracle drafts, every one right, lag 0),
+    """One-worker SPD on ``model`` at n=2 (oracle drafts, every one right, lag 0),
     its engine stepped by hand: each request's tokens so far (``got``) and what each
     step added to each (``grown``)."""
 
-    def __init__(self, path: str, cycles_per_step: int):
+    def __init__(self, model: str, path: str, cycles_per_step: int):
         from vllm import LLM
-
-        from vllm_spd.offline_models import tiny_qwen3
 
         spec = {"method": "spd", "num_stages": 2, "drafter": "oracle", "oracle_tokens": path,
                 "oracle_alpha": 1.0, "cycles_per_step": cycles_per_step, "verdict_lag": 0}
-        self.llm = LLM(model=tiny_qwen3(), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+        self.llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
                        speculative_config=spec)
         self.engine = self.llm.llm_engine
         self.got: dict[str, list[int]] = {}
@@ -530,7 +528,7 @@ def test_waiting_input_ends_the_step_after_its_first_cycle(tiny_qwen3, recorded,
     monkeypatch.setattr(arrivals, "watching", lambda: True)
     monkeypatch.setattr(arrivals, "pending", lambda: waiting["now"])
     path, reference = recorded
-    steps = ByHand(path, cycles_per_step=8)
+    steps = ByHand(tiny_qwen3, path, cycles_per_step=8)
     try:
         steps.add("A", PROMPTS[0])
         steps.until("A", 20)
